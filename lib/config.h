@@ -1,0 +1,73 @@
+/*
+ * Configuration: one table, one row per option (flag, environment variable,
+ * type, bounds, default, help). Parsing, validation, `--help` and the README's
+ * CLI reference all come from that table, so they cannot disagree.
+ *
+ * Precedence: command-line flag > environment variable > default.
+ * Not thread-safe: parse once in main() before threads start; afterwards the
+ * struct is read-only and may be read from any thread.
+ */
+#ifndef RT_CONFIG_H
+#define RT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum { RT_TAIL_JSON = 0, RT_TAIL_TEXT } rt_tail_format_t;
+
+typedef struct rt_config {
+    char *database_url;      /* --database-url / DATABASE_URL; NULL if unset */
+    char *channels;          /* --channels: comma-separated LISTEN channels */
+    int log_level;           /* rt_log_level_t */
+    int log_format;          /* rt_log_format_t */
+    int64_t bus_ring_size;   /* --bus-ring-size: power of two */
+    int64_t reconnect_min_ms; /* --reconnect-min: first reconnect delay */
+    int64_t reconnect_max_ms; /* --reconnect-max: cap of the doubling */
+    int64_t journal_retention_ms; /* --journal-retention: prune rt_journal rows older */
+    int tail_format;         /* rt_tail_format_t, --format (tail) */
+} rt_config_t;
+
+/* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,
+ * no subcommand). getenv_fn lets tests inject an environment; pass getenv.
+ * Returns 0, or -EINVAL with a one-line message naming the flag in err.
+ * Returns 1 when --help/-h was given (cfg is filled with what was parsed). */
+int rt_config_parse(rt_config_t *cfg, int argc, char **argv,
+                    const char *(*getenv_fn)(const char *), char *err, size_t errlen);
+
+/* Frees the strings cfg owns. */
+void rt_config_free(rt_config_t *cfg);
+
+/* Writes the option reference: one entry per option with flag, environment
+ * variable, default and help. markdown != 0 writes a Markdown table. */
+void rt_config_print_help(FILE *out, int markdown);
+
+/*
+ * Additions to the contract above:
+ *
+ * - cfg need not be initialised before rt_config_parse(); it is overwritten,
+ *   not freed. After a return of 0 or 1 the caller owns the strings and calls
+ *   rt_config_free(). After -EINVAL cfg has already been freed (all zero);
+ *   calling rt_config_free() on it anyway is harmless.
+ * - When --help/-h is given anywhere before a bare "--", parsing stops before
+ *   anything else is looked at and cfg holds the defaults, so help works even
+ *   next to a bad flag or a bad environment variable.
+ * - getenv_fn == NULL reads the process environment. getenv itself cannot be
+ *   passed (it returns char *, which -Wincompatible-pointer-types rejects);
+ *   rt_config_getenv is the same function with the right type.
+ * - An environment variable set to the empty string counts as unset.
+ * - err may be NULL when errlen is 0.
+ */
+const char *rt_config_getenv(const char *name);
+
+/* For tests: the value syntaxes behind the table's types, without the bounds
+ * of any option. Each returns 0 and stores the value, or -EINVAL and leaves
+ * *out alone. int: decimal, optional '-'. duration: digits with ms|s|m|h|d or
+ * none (milliseconds), to ms. size: digits with k|K|m|M|g|G (powers of 1024)
+ * or none, to bytes. bool: true|false|yes|no|on|off|1|0, any case. */
+int rt_config__parse_int(const char *s, int64_t *out);
+int rt_config__parse_duration(const char *s, int64_t *out);
+int rt_config__parse_size(const char *s, int64_t *out);
+int rt_config__parse_bool(const char *s, int *out);
+
+#endif

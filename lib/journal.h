@@ -1,0 +1,18 @@
+/*
+ * Journal housekeeping: rt_journal grows by one row per change; rows older
+ * than the retention are deleted in bounded batches so a prune never holds
+ * long locks. Resume requests older than the retention get a resync.
+ *
+ * Blocking (libpq): call from a worker thread or uv_queue_work, not a loop.
+ */
+#ifndef RT_JOURNAL_H
+#define RT_JOURNAL_H
+
+#include <libpq-fe.h>
+#include <stdint.h>
+
+/* Deletes rows older than retention_ms, 10 000 at a time. *deleted receives
+ * the count. Returns 0 or -EIO (logged). */
+int rt_journal_prune(PGconn *conn, int64_t retention_ms, long long *deleted);
+
+#endif
