@@ -63,7 +63,7 @@ PERF_BIN  := $(patsubst perf/%.c,$(B)/perf/%,$(PERF_SRC))
 
 BIN := $(B)/bin/rtbridge
 
-.PHONY: all run test check-san check-tsan bench clean install format tests perfs deps
+.PHONY: all run run-only test test-only check-san check-tsan bench bench-only clean install format tests perfs deps
 all: $(BIN)
 tests: $(UNIT_BIN) $(INTEG_BIN)
 perfs: $(PERF_BIN)
@@ -129,32 +129,44 @@ $(B)/perf/%: perf/%.c $(LIBRT)
 
 # ---- running ------------------------------------------------------------------
 
-run: $(BIN)
-	@sh ops/run-embedded.sh $(BIN)
+# `make run` and `make test` are the README's two commands: on a fresh Debian
+# machine they first install what is missing (ops/install-deps.sh is a no-op
+# when everything is there), then re-enter make so pkg-config sees it all.
+run: deps
+	@$(MAKE) --no-print-directory run-only
+
+test: deps
+	@$(MAKE) --no-print-directory test-only
+
+run-only: $(BIN)
+	@bash ops/run-embedded.sh $(BIN)
 
 # test/run.sh starts one throwaway PostgreSQL for the whole run, runs every
 # test binary and the shell tests, stops the cluster, and prints the closing
 # "N passed, N failed" line.
-test: $(BIN) tests perfs
+test-only: $(BIN) tests perfs
 	@sh test/run.sh $(B) all
 
-check-san:
-	@$(MAKE) --no-print-directory FLAVOUR=san test
+check-san: deps
+	@$(MAKE) --no-print-directory FLAVOUR=san test-only
 
-check-tsan:
+check-tsan: deps
 	@$(MAKE) --no-print-directory FLAVOUR=tsan $(BIN) tests
 	@TSAN_OPTIONS="suppressions=$(CURDIR)/test/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
 		sh test/run.sh build/tsan threaded
 
-bench: $(BIN) perfs
-	@sh perf/bench.sh $(B)
+bench: deps
+	@$(MAKE) --no-print-directory bench-only
+
+bench-only: $(BIN) perfs
+	@bash perf/bench.sh $(B)
 
 install: $(BIN)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/rtbridge
 
 deps:
-	@sh ops/install-deps.sh
+	@bash ops/install-deps.sh
 
 format:
 	clang-format -i lib/*.c lib/*.h cmd/rtbridge/*.c test/unit/*.c test/integ/*.c test/support/*.c perf/*.c

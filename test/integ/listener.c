@@ -261,6 +261,9 @@ static void test_out_of_order_commit_while_disconnected(void **state)
     pgt_exec(admin, sql);
 
     wait_received(&f, 3, 10000);
+    /* The counter moves after the replay's events are on the bus. */
+    deadline = now_ms() + 10000;
+    while (atomic_load(&st->reconnects) == 0 && now_ms() < deadline) usleep(1000);
     pgt_assert_ll_eq(atomic_load(&f.rec.count[s1]), 1);
     pgt_assert_ll_eq(atomic_load(&st->replayed), 2);
     pgt_assert_ll_eq(atomic_load(&st->reconnects), 1);
