@@ -125,6 +125,8 @@ $(B)/perf/%: perf/%.c $(LIBRT)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(LDFLAGS_ALL) $< $(LIBRT) $(LDLIBS_ALL) -o $@
 
+.SECONDARY:
+
 -include $(LIB_OBJ:.o=.d) $(TESTLIB_OBJ:.o=.d)
 
 # ---- running ------------------------------------------------------------------
@@ -144,8 +146,15 @@ run-only: $(BIN)
 # test/run.sh starts one throwaway PostgreSQL for the whole run, runs every
 # test binary and the shell tests, stops the cluster, and prints the closing
 # "N passed, N failed" line.
-test-only: $(BIN) tests perfs
+test-only: $(BIN) tests perfs test/js/node_modules/.installed
 	@sh test/run.sh $(B) all
+
+# The integration tests use clients that are not ours (npm ws, eventsource,
+# pg), pinned by test/js/package-lock.json.
+test/js/node_modules/.installed: test/js/package.json test/js/package-lock.json
+	@echo "  NPM     test/js"
+	$(Q)cd test/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 check-san: deps
 	@$(MAKE) --no-print-directory FLAVOUR=san test-only

@@ -26,6 +26,23 @@ typedef struct rt_config {
     int64_t reconnect_max_ms; /* --reconnect-max: cap of the doubling */
     int64_t journal_retention_ms; /* --journal-retention: prune rt_journal rows older */
     int tail_format;         /* rt_tail_format_t, --format (tail) */
+
+    /* fan-out (HTTP, WebSocket, SSE) */
+    char *listen;                 /* --listen HOST:PORT */
+    int64_t fanout_threads;       /* 0: one per CPU */
+    int64_t ws_max_message;       /* bytes */
+    int64_t ping_interval_ms;
+    int64_t keepalive_interval_ms;
+    char *allowed_origins;        /* comma-separated; NULL/"" allows all */
+    int64_t replay_window;        /* events kept in memory for resume */
+    int64_t client_max_queued;    /* bytes queued for one client before it is cut off */
+    int64_t max_conns;
+    int64_t max_conns_per_ip;     /* 0: unlimited */
+    char *auth_token;             /* static bearer token; NULL: none */
+    char *jwt_secret;             /* HS256 secret; NULL: none */
+    int64_t header_timeout_ms;
+    int64_t shutdown_timeout_ms;
+    int64_t client_msg_rate;      /* inbound messages per second per connection */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,

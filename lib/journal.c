@@ -6,6 +6,8 @@
 
 #include "log.h"
 
+#include "event.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -18,20 +20,73 @@ int rt_journal_prune(PGconn *conn, int64_t retention_ms, long long *deleted)
     const char *params[1] = {ms};
     *deleted = 0;
     for (;;) {
+        /* Delete a batch and move the watermark in one statement, so a
+         * resume never sees rows gone without the watermark saying so. */
         PGresult *r = PQexecParams(
             conn,
-            "DELETE FROM rt_journal WHERE seq IN (SELECT seq FROM rt_journal "
-            "WHERE created_at < now() - $1::bigint * interval '1 millisecond' "
-            "ORDER BY seq LIMIT 10000)",
+            "WITH d AS (DELETE FROM rt_journal WHERE seq IN (SELECT seq FROM rt_journal "
+            "  WHERE created_at < now() - $1::bigint * interval '1 millisecond' "
+            "  ORDER BY seq LIMIT 10000) RETURNING seq), "
+            "u AS (UPDATE rt_journal_state SET pruned_through = "
+            "  GREATEST(pruned_through, (SELECT max(seq) FROM d)) "
+            "  WHERE (SELECT max(seq) FROM d) IS NOT NULL RETURNING 1) "
+            "SELECT count(*) FROM d",
             1, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
             rt_warn("journal", "prune: %s", PQerrorMessage(conn));
             PQclear(r);
             return -EIO;
         }
-        long long n = atoll(PQcmdTuples(r));
+        long long n = atoll(PQgetvalue(r, 0, 0));
         PQclear(r);
         *deleted += n;
         if (n < 10000) return 0;
     }
+}
+
+int rt_journal_fetch_after(PGconn *conn, int64_t after, size_t limit, rt_event_t ***evs,
+                           size_t *n, int64_t *pruned_through)
+{
+    char afters[24], limits[24];
+    snprintf(afters, sizeof afters, "%" PRId64, after);
+    snprintf(limits, sizeof limits, "%zu", limit);
+    const char *params[2] = {afters, limits};
+    *evs = NULL;
+    *n = 0;
+    *pruned_through = 0;
+    PGresult *r = PQexecParams(conn,
+                               "SELECT seq, channel, payload, "
+                               "  (SELECT pruned_through FROM rt_journal_state) "
+                               "FROM rt_journal WHERE seq > $1::bigint ORDER BY seq "
+                               "LIMIT $2::bigint",
+                               2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        rt_warn("journal", "fetch after %s: %s", afters, PQerrorMessage(conn));
+        PQclear(r);
+        return -EIO;
+    }
+    int rows = PQntuples(r);
+    if (rows == 0) {
+        /* The watermark still matters when nothing is left after S. */
+        PQclear(r);
+        r = PQexec(conn, "SELECT pruned_through FROM rt_journal_state");
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+            *pruned_through = atoll(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        return 0;
+    }
+    *pruned_through = PQgetisnull(r, 0, 3) ? 0 : atoll(PQgetvalue(r, 0, 3));
+    *evs = calloc((size_t)rows, sizeof **evs);
+    if (!*evs) abort();
+    uint64_t now = rt_now_ns();
+    for (int i = 0; i < rows; i++) {
+        rt_event_t *ev = NULL;
+        int64_t seq;
+        if (rt_event_parse_notify(PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                                  (size_t)PQgetlength(r, i, 2), now, &ev, &seq, NULL,
+                                  0) == RT_PARSE_OK)
+            (*evs)[(*n)++] = ev;
+    }
+    PQclear(r);
+    return 0;
 }

@@ -8,11 +8,22 @@
 #ifndef RT_JOURNAL_H
 #define RT_JOURNAL_H
 
+#include "event.h"
+
 #include <libpq-fe.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Deletes rows older than retention_ms, 10 000 at a time. *deleted receives
  * the count. Returns 0 or -EIO (logged). */
 int rt_journal_prune(PGconn *conn, int64_t retention_ms, long long *deleted);
+
+/* Reads up to limit journal rows with seq > after, in seq order, as events
+ * (*evs: malloc'd array of *n events, one reference each; rows whose payload
+ * does not parse are skipped). *pruned_through receives the highest seq ever
+ * pruned: if after < it, rows the client needs are gone (resync). Returns 0
+ * or -EIO (logged). */
+int rt_journal_fetch_after(PGconn *conn, int64_t after, size_t limit, rt_event_t ***evs,
+                           size_t *n, int64_t *pruned_through);
 
 #endif

@@ -6,6 +6,7 @@
 #include "serve.h"
 
 #include "bus.h"
+#include "fanout.h"
 #include "journal.h"
 #include "listener.h"
 #include "log.h"
@@ -14,6 +15,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -31,6 +33,7 @@ typedef struct serve_ctx {
     long long pruned;
     rt_bus_t *bus;
     rt_listener_t *listener;
+    rt_fanout_t *fanout;
     int stopping;
 } serve_ctx_t;
 
@@ -88,9 +91,16 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&s->housekeeping, NULL);
 }
 
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
 int rt_serve_run(const rt_config_t *cfg)
 {
     serve_ctx_t s = {.cfg = cfg};
+    int status = 0;
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&s.loop);
     uv_signal_init(&s.loop, &s.sigint);
@@ -111,20 +121,42 @@ int rt_serve_run(const rt_config_t *cfg)
         .bus = s.bus,
     };
     s.listener = rt_listener_new(&lo);
-    int rc = s.listener ? rt_listener_start(s.listener) : -errno;
+    if (!s.listener) {
+        rt_error(COMP, "cannot create the listener: %s", strerror(errno));
+        status = 1;
+        goto out;
+    }
+    /* Consumers subscribe before the listener can publish anything. */
+    char err[256];
+    s.fanout = rt_fanout_new(cfg, s.bus, s.listener, err, sizeof err);
+    if (!s.fanout) {
+        fprintf(stderr, "rtbridge: %s\n", err);
+        status = 2;
+        goto out;
+    }
+    int rc = rt_fanout_start(s.fanout);
+    if (rc == 0) rc = rt_listener_start(s.listener);
     if (rc < 0) {
-        rt_error(COMP, "cannot start the listener: %s", strerror(-rc));
-        rt_listener_free(s.listener);
-        rt_bus_free(s.bus);
-        return 1;
+        rt_error(COMP, "cannot start: %s", strerror(-rc));
+        status = 1;
+        goto out;
     }
     uv_timer_start(&s.housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
     rt_info(COMP, "started (channels %s)", cfg->channels);
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
+    /* Clients first (close frames, drained writes), then the producer. */
+    rt_fanout_shutdown(s.fanout);
+out:
     rt_listener_free(s.listener);
+    rt_fanout_free(s.fanout);
     rt_bus_free(s.bus);
+    if (status != 0) {
+        uv_walk(&s.loop, close_walk_cb, NULL);
+        uv_run(&s.loop, UV_RUN_DEFAULT);
+    }
     uv_loop_close(&s.loop);
+    if (status != 0) return status;
     rt_info(COMP, "stopped");
     return 0;
 }

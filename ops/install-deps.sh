@@ -18,7 +18,7 @@ PACKAGES=(
     libuv1-dev libpq-dev libck-dev libjansson-dev libssl-dev libcmocka-dev
     node-llhttp libwslay-dev libcurl4-openssl-dev libjwt-dev
     postgresql-15 postgresql-client-15
-    python3 procps
+    python3 procps curl
 )
 
 check_only=0
@@ -44,6 +44,13 @@ for p in "${PACKAGES[@]}"; do
         missing+=("$p")
     fi
 done
+
+# The integration tests drive the server with Node clients (npm ws, pg,
+# eventsource). A machine that already has node and npm (from anywhere) keeps
+# them; otherwise Debian's packages are enough.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "all dependencies present"

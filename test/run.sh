@@ -46,6 +46,11 @@ run_one() {
     p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -n 1)
     f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -n 1)
     if [ -z "$p" ] && [ -z "$f" ]; then
+        # node --test (TAP): "# pass N" / "# fail N"
+        p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -n 1)
+        f=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$log" | tail -n 1)
+    fi
+    if [ -z "$p" ] && [ -z "$f" ]; then
         p=$(grep -c '^PASS: ' "$log")
         f=$(grep -c '^FAIL: ' "$log")
     fi
@@ -79,6 +84,10 @@ for t in "$B"/test/unit-* "$B"/test/integ-*; do
 done
 
 if [ "$MODE" = all ]; then
+    for t in test/js/*.test.mjs; do
+        [ -f "$t" ] || continue
+        run_one "js-$(basename "$t" .test.mjs)" node --test --test-reporter=tap "$t"
+    done
     for t in test/sh/*.sh; do
         [ -f "$t" ] || continue
         run_one "sh-$(basename "$t" .sh)" bash "$t"

@@ -728,7 +728,7 @@ static void test_failure_rolls_back(void **state)
     /* A view named rt_journal makes 002's CREATE INDEX fail half-way. */
     pgt_exec(c, "CREATE VIEW rt_journal AS SELECT 1::bigint AS seq");
     pgt_assert_ll_eq(rt_migrate(c, &applied, err, sizeof err), -EIO);
-    pgt_assert_ll_eq(applied, rt_migrations_count - 1);
+    pgt_assert_ll_eq(applied, 1); /* 001 ran; migrating stops at the failing 002 */
     const char *want = "migration 002_journal.sql failed: SQLSTATE 42809: "
                        "cannot create index on relation \"rt_journal\"";
     pgt_assert_str_eq(err, want);
@@ -747,7 +747,7 @@ static void test_failure_rolls_back(void **state)
 
     /* Fix the cause and the rest applies. */
     pgt_exec(c, "DROP VIEW rt_journal");
-    pgt_assert_ll_eq(migrate_ok(c), 1);
+    pgt_assert_ll_eq(migrate_ok(c), rt_migrations_count - 1);
 
     PQfinish(c);
 }

@@ -23,7 +23,7 @@
 
 /* ---- helpers --------------------------------------------------------------- */
 
-#define MAX_ENV 16
+#define MAX_ENV 64
 #define MAX_ARGS 16
 
 static struct {
@@ -130,6 +130,30 @@ static const opt_case_t cases[] = {
      "90m", 7 * 86400000LL, 90 * 60000LL},
     {"--format", "RTBRIDGE_TAIL_FORMAT", K_INT, OFF(tail_format), "text", "json", RT_TAIL_TEXT,
      RT_TAIL_JSON},
+    {"--listen", "RTBRIDGE_LISTEN", K_STR, OFF(listen), "127.0.0.1:9000", "[::1]:80", 0, 0},
+    {"--fanout-threads", "RTBRIDGE_FANOUT_THREADS", K_I64, OFF(fanout_threads), "4", "64", 4, 64},
+    {"--ws-max-message", "RTBRIDGE_WS_MAX_MESSAGE", K_I64, OFF(ws_max_message), "1m", "4096",
+     1 << 20, 4096},
+    {"--ping-interval", "RTBRIDGE_PING_INTERVAL", K_I64, OFF(ping_interval_ms), "5s", "1h", 5000,
+     3600000},
+    {"--keepalive-interval", "RTBRIDGE_KEEPALIVE_INTERVAL", K_I64, OFF(keepalive_interval_ms),
+     "15s", "200ms", 15000, 200},
+    {"--allowed-origins", "RTBRIDGE_ALLOWED_ORIGINS", K_STR, OFF(allowed_origins),
+     "https://a.example,http://localhost:3000", "https://b.example", 0, 0},
+    {"--replay-window", "RTBRIDGE_REPLAY_WINDOW", K_I64, OFF(replay_window), "1000", "0", 1000, 0},
+    {"--client-max-queued", "RTBRIDGE_CLIENT_MAX_QUEUED", K_I64, OFF(client_max_queued), "64k",
+     "2m", 65536, 2 << 20},
+    {"--max-conns", "RTBRIDGE_MAX_CONNS", K_I64, OFF(max_conns), "100", "5000", 100, 5000},
+    {"--max-conns-per-ip", "RTBRIDGE_MAX_CONNS_PER_IP", K_I64, OFF(max_conns_per_ip), "0", "50", 0,
+     50},
+    {"--auth-token", "RTBRIDGE_AUTH_TOKEN", K_STR, OFF(auth_token), "s3cret", "other", 0, 0},
+    {"--jwt-secret", "RTBRIDGE_JWT_SECRET", K_STR, OFF(jwt_secret), "k1", "k2", 0, 0},
+    {"--header-timeout", "RTBRIDGE_HEADER_TIMEOUT", K_I64, OFF(header_timeout_ms), "2s", "500ms",
+     2000, 500},
+    {"--shutdown-timeout", "RTBRIDGE_SHUTDOWN_TIMEOUT", K_I64, OFF(shutdown_timeout_ms), "0", "1m",
+     0, 60000},
+    {"--client-msg-rate", "RTBRIDGE_CLIENT_MSG_RATE", K_I64, OFF(client_msg_rate), "5", "1000", 5,
+     1000},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 

@@ -1,0 +1,1641 @@
+/*
+ * The fan-out pool. Each loop thread owns: a listening socket (SO_REUSEPORT),
+ * its connections (a list), its bus ring, and its replay window. A connection
+ * moves through these states:
+ *
+ *   HTTP ──upgrade──▶ WS_AUTH (waits for {"type":"auth"}) ──▶ WS
+ *     │        └────────────────────────────────────────────▶ WS
+ *     ├──SSE request──▶ SSE
+ *     └──other request──▶ response, then HTTP again (keep-alive) or closed
+ *
+ * Delivery: the loop drains its ring in batches; for every event and every
+ * streaming connection it checks the filter and appends a reference to the
+ * connection's queue; after the batch, each connection that got something
+ * writes its whole queue with one uv_write (up to MAX_IOV buffers), so a
+ * client that is behind receives several events per write. The bytes written
+ * are the event's pre-rendered WebSocket frame or SSE chunk, shared by all.
+ *
+ * Backpressure: a connection whose queued bytes pass --client-max-queued is
+ * closed (WS 1008 "slow consumer", SSE end of stream) and counted; it may
+ * resume with its last id. A ring overflow (the loop fell behind the bus)
+ * clears the window and sends every stream client away to resume, so the
+ * journal fills the hole exactly instead of it being skipped.
+ *
+ * Resume: from the loop's window when the id is there (exact, in delivery
+ * order), else from rt_journal on the libuv thread pool while live events for
+ * that client are held back, then merged without duplicates.
+ */
+#include "fanout.h"
+
+#include "auth.h"
+#include "event.h"
+#include "http.h"
+#include "iplimit.h"
+#include "journal.h"
+#include "log.h"
+#include "seqset.h"
+#include "window.h"
+#include "ws.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define COMP "fanout"
+#define MAX_IOV 64
+#define DRAIN_BATCH 1024
+#define FLUSH_EVERY 32 /* events per coalesced write, at most */
+#define READ_BUF (64 * 1024)
+#define AUTH_TIMEOUT_MS 5000
+#define CLOSE_GRACE_MS 2000
+#define RESUME_LIMIT 100000
+#define MAX_POST_BODY 0
+
+/* ---- types ----------------------------------------------------------------------- */
+
+typedef struct loop loop_t;
+typedef struct conn conn_t;
+
+typedef enum { C_HTTP, C_WS_AUTH, C_WS, C_SSE, C_CLOSING } conn_state_t;
+
+/* One entry of a connection's output queue: an event (its WS frame or SSE
+ * chunk, depending on the connection) or a buffer we own (or a static one). */
+typedef struct qitem {
+    rt_event_t *ev;
+    char *buf;
+    uint32_t len;
+    uint8_t owned;
+} qitem_t;
+
+typedef enum {
+    ROUTE_WS_INTENTS,
+    ROUTE_WS_DASHBOARD,
+    ROUTE_SSE_INTENT,
+    ROUTE_SSE_AUDIT,
+    ROUTE_SSE_STREAM,
+} route_t;
+
+/* A journal read for a resuming client, on the libuv thread pool. If the
+ * connection closes first, conn is cleared and the result is dropped. */
+typedef struct resume_req {
+    struct conn *conn;
+    uv_work_t work;
+    int64_t after;
+    rt_event_t **evs;
+    size_t n;
+    int64_t pruned_through;
+    int failed;
+} resume_req_t;
+
+struct conn {
+    uv_tcp_t tcp;
+    loop_t *loop;
+    conn_t *prev, *next;
+    conn_state_t state;
+    int transport; /* counted in active[]; -1 while none */
+    unsigned char addr[16];
+    int ip_counted;
+    uint64_t since_ms;      /* accepted, or entered the current state */
+    uint64_t last_write_ms; /* for SSE keep-alive */
+    uint64_t last_ping_ms;
+    int missed_pongs;
+    rt_http_req_t *req; /* only while C_HTTP */
+    rt_ws_t *ws;
+
+    /* filters */
+    route_t route;
+    unsigned type_mask;
+    int all_ids;
+    int nids;
+    char (*ids)[RT_WS_MAX_ID_LEN];
+    char *key; /* SSE per-intent stream */
+
+    /* output */
+    qitem_t *q;
+    size_t qcap, qhead, qcount;
+    size_t queued_bytes; /* bytes of queued items not yet taken by the kernel */
+    size_t qoff;         /* bytes of the head item already written */
+    uv_write_t wreq;
+    int writing;
+    size_t inflight;
+    int close_after_flush;
+    int dirty;
+
+    /* resume */
+    int64_t pending_resume; /* WS with auth pending: resume once authed; -1 none */
+    resume_req_t *resume;
+    rt_event_t **held;
+    size_t nheld, capheld;
+
+    /* inbound rate limit (token bucket) */
+    double tokens;
+    uint64_t tokens_ms;
+};
+
+typedef struct loop_stats {
+    atomic_long active[RT_TRANSPORT__COUNT];
+    atomic_ulong accepted;
+    atomic_ulong refused[RT_REFUSE__COUNT];
+    atomic_ulong slow_disconnects, ping_timeouts, events_sent, resumes, resyncs, ring_overflows;
+} __attribute__((aligned(64))) loop_stats_t;
+
+struct loop {
+    rt_fanout_t *f;
+    int id;
+    pthread_t thread;
+    uv_loop_t uv;
+    uv_tcp_t server;
+    int fd;
+    uv_async_t wake;
+    uv_async_t stop;
+    uv_timer_t tick;
+    uv_timer_t deadline;
+    rt_bus_sub_t *sub;
+    rt_window_t window;
+    conn_t *conns;
+    long nconns;
+    conn_t **dirty;
+    size_t ndirty, capdirty;
+    char *readbuf;
+    uv_buf_t iov[MAX_IOV];
+    int stopping;
+    loop_stats_t st;
+};
+
+struct rt_fanout {
+    const rt_config_t *cfg;
+    rt_bus_t *bus;
+    rt_listener_t *listener;
+    struct sockaddr_storage addr;
+    int port;
+    int nloops;
+    loop_t *loops;
+    rt_auth_t auth;
+    rt_iplimit_t iplimit;
+    atomic_long total_conns;
+    char **origins;
+    int norigins;
+    int started;
+    uint64_t tick_ms;
+};
+
+static const char *const refuse_names[RT_REFUSE__COUNT] = {
+    "max_conns", "per_ip",     "origin",    "auth",      "bad_request",
+    "header_too_large", "header_timeout", "rate_limit", "not_found", "method",
+};
+
+const char *rt_refuse_reason_name(rt_refuse_reason_t r)
+{
+    return (unsigned)r < RT_REFUSE__COUNT ? refuse_names[r] : "unknown";
+}
+
+static uint64_t now_ms(void)
+{
+    return rt_mono_ns() / 1000000u;
+}
+
+#define STAT_ADD(l, field, n) atomic_fetch_add_explicit(&(l)->st.field, (n), memory_order_relaxed)
+
+/* The conninfo used by thread-pool workers for journal reads. */
+static const char *g_conninfo;
+
+static void conn_close(conn_t *c);
+static void conn_flush(conn_t *c);
+static void ws_take_output(conn_t *c);
+
+/* ---- small helpers ------------------------------------------------------------ */
+
+int rt_parse_listen(const char *s, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s || !*s) return -EINVAL;
+    const char *colon;
+    char host[64];
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof host) return -EINVAL;
+        memcpy(host, s + 1, (size_t)(end - s - 1));
+        host[end - s - 1] = '\0';
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || (size_t)(colon - s) >= sizeof host || colon == s) return -EINVAL;
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = '\0';
+    }
+    char *endp;
+    long port = strtol(colon + 1, &endp, 10);
+    if (!colon[1] || *endp || port < 0 || port > 65535) return -EINVAL;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static int origin_allowed(rt_fanout_t *f, const char *origin)
+{
+    if (f->norigins == 0) return 1;
+    if (!origin) return 0;
+    for (int i = 0; i < f->norigins; i++)
+        if (strcasecmp(origin, f->origins[i]) == 0) return 1;
+    return 0;
+}
+
+static void set_transport(conn_t *c, int t)
+{
+    if (c->transport >= 0) atomic_fetch_sub_explicit(&c->loop->st.active[c->transport], 1, memory_order_relaxed);
+    c->transport = t;
+    if (t >= 0) atomic_fetch_add_explicit(&c->loop->st.active[t], 1, memory_order_relaxed);
+}
+
+/* ---- the output queue ------------------------------------------------------------ */
+
+/* Which encoding of an event this connection gets (fixed once it streams). */
+static int is_sse(const conn_t *c)
+{
+    return c->route >= ROUTE_SSE_INTENT;
+}
+
+static void q_push(conn_t *c, qitem_t it)
+{
+    if (c->qcount == c->qcap) {
+        size_t ncap = c->qcap ? c->qcap * 2 : 8;
+        qitem_t *nq = malloc(ncap * sizeof *nq);
+        if (!nq) abort();
+        for (size_t i = 0; i < c->qcount; i++) nq[i] = c->q[(c->qhead + i) % c->qcap];
+        free(c->q);
+        c->q = nq;
+        c->qcap = ncap;
+        c->qhead = 0;
+    }
+    c->q[(c->qhead + c->qcount) % c->qcap] = it;
+    c->qcount++;
+    c->queued_bytes += it.len;
+}
+
+static void q_release(qitem_t *it)
+{
+    if (it->ev) rt_event_unref(it->ev);
+    if (it->owned) free(it->buf);
+}
+
+static void mark_dirty(conn_t *c)
+{
+    if (c->dirty) return;
+    loop_t *l = c->loop;
+    if (l->ndirty == l->capdirty) {
+        l->capdirty = l->capdirty ? l->capdirty * 2 : 64;
+        l->dirty = realloc(l->dirty, l->capdirty * sizeof *l->dirty);
+        if (!l->dirty) abort();
+    }
+    l->dirty[l->ndirty++] = c;
+    c->dirty = 1;
+}
+
+static void flush_dirty(loop_t *l)
+{
+    /* conn_flush may close a connection; its memory stays valid until the
+     * close callback, which runs on a later loop iteration. */
+    for (size_t i = 0; i < l->ndirty; i++) {
+        conn_t *c = l->dirty[i];
+        c->dirty = 0;
+        conn_flush(c);
+    }
+    l->ndirty = 0;
+}
+
+/* Queues bytes we own (copied) or static bytes (owned = 0, never freed). */
+static void send_bytes(conn_t *c, const char *data, size_t len, int copy)
+{
+    if (c->state == C_CLOSING && !c->close_after_flush) return;
+    qitem_t it = {.len = (uint32_t)len, .owned = (uint8_t)copy};
+    if (copy) {
+        it.buf = malloc(len ? len : 1);
+        if (!it.buf) abort();
+        memcpy(it.buf, data, len);
+    } else {
+        it.buf = (char *)data;
+    }
+    q_push(c, it);
+    mark_dirty(c);
+}
+
+static void send_owned(conn_t *c, char *data, size_t len)
+{
+    qitem_t it = {.buf = data, .len = (uint32_t)len, .owned = 1};
+    q_push(c, it);
+    mark_dirty(c);
+}
+
+static void close_slow(conn_t *c);
+
+/* Queues one event for a streaming client. */
+static void send_event(conn_t *c, rt_event_t *ev)
+{
+    size_t len = is_sse(c) ? ev->sse_len : ev->ws_frame_len;
+    if (c->queued_bytes + len > (size_t)c->loop->f->cfg->client_max_queued) {
+        close_slow(c);
+        return;
+    }
+    qitem_t it = {.ev = rt_event_ref(ev), .len = (uint32_t)len};
+    q_push(c, it);
+    STAT_ADD(c->loop, events_sent, 1);
+    mark_dirty(c);
+}
+
+/* Releases the n oldest items (fully written). */
+static void q_pop(conn_t *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        qitem_t *it = &c->q[c->qhead];
+        c->queued_bytes -= it->len;
+        q_release(it);
+        c->qhead = (c->qhead + 1) % c->qcap;
+        c->qcount--;
+    }
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    conn_t *c = req->data;
+    c->writing = 0;
+    q_pop(c, c->inflight);
+    c->inflight = 0;
+    c->qoff = 0;
+    if (status < 0) {
+        if (status != UV_ECANCELED) conn_close(c);
+        return;
+    }
+    c->last_write_ms = now_ms();
+    if (c->qcount)
+        conn_flush(c);
+    else if (c->close_after_flush)
+        conn_close(c);
+}
+
+static const char *item_bytes(const conn_t *c, const qitem_t *it)
+{
+    return it->ev ? (is_sse(c) ? it->ev->sse : it->ev->ws_frame) : it->buf;
+}
+
+/* Fills the loop's iovec array from the queue (the head item from qoff on). */
+static size_t fill_iov(conn_t *c, size_t *total)
+{
+    loop_t *l = c->loop;
+    size_t n = c->qcount < MAX_IOV ? c->qcount : MAX_IOV;
+    *total = 0;
+    for (size_t i = 0; i < n; i++) {
+        qitem_t *it = &c->q[(c->qhead + i) % c->qcap];
+        size_t off = i == 0 ? c->qoff : 0;
+        l->iov[i] = uv_buf_init((char *)item_bytes(c, it) + off, (unsigned)(it->len - off));
+        *total += it->len - off;
+    }
+    return n;
+}
+
+/* Writes as much of the queue as the socket takes now (uv_try_write: no
+ * callback, items released at once), then hands what is left to uv_write. A
+ * client that keeps up therefore never has more than a few events queued, and
+ * only one that does not read accumulates bytes toward its bound. */
+static void conn_flush(conn_t *c)
+{
+    if (c->writing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    loop_t *l = c->loop;
+    while (c->qcount) {
+        size_t total;
+        size_t n = fill_iov(c, &total);
+        int w = uv_try_write((uv_stream_t *)&c->tcp, l->iov, (unsigned)n);
+        if (w == UV_EAGAIN) w = 0;
+        if (w < 0) {
+            conn_close(c);
+            return;
+        }
+        if (w > 0) c->last_write_ms = now_ms();
+        /* Release what went out whole; remember how far into the next item. */
+        size_t written = (size_t)w, done = 0;
+        while (done < n && written >= l->iov[done].len) {
+            written -= l->iov[done].len;
+            done++;
+        }
+        size_t head_off = done == 0 ? c->qoff : 0;
+        q_pop(c, done);
+        c->qoff = head_off + written;
+        if ((size_t)w == total) continue;
+        /* The socket is full: the rest goes with a callback, and the queue is
+         * picked up again when it completes. */
+        n = fill_iov(c, &total);
+        c->wreq.data = c;
+        c->inflight = n;
+        c->writing = 1;
+        if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, l->iov, (unsigned)n, on_write) < 0) {
+            c->writing = 0;
+            c->inflight = 0;
+            conn_close(c);
+        }
+        return;
+    }
+    if (c->close_after_flush) conn_close(c);
+}
+
+/* ---- connection lifecycle --------------------------------------------------------- */
+
+static void free_conn(conn_t *c)
+{
+    while (c->qcount) {
+        q_release(&c->q[c->qhead]);
+        c->qhead = (c->qhead + 1) % c->qcap;
+        c->qcount--;
+    }
+    free(c->q);
+    for (size_t i = 0; i < c->nheld; i++) rt_event_unref(c->held[i]);
+    free(c->held);
+    if (c->req) {
+        rt_http_req_close(c->req);
+        free(c->req);
+    }
+    if (c->ws) rt_ws_free(c->ws);
+    free(c->ids);
+    free(c->key);
+    free(c);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    free_conn(h->data);
+}
+
+static void conn_close(conn_t *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    loop_t *l = c->loop;
+    rt_fanout_t *f = l->f;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    l->nconns--;
+    set_transport(c, -1);
+    if (c->ip_counted) rt_iplimit_release(&f->iplimit, c->addr);
+    atomic_fetch_sub(&f->total_conns, 1);
+    if (c->resume) {
+        /* The journal read still running will find no connection. */
+        c->resume->conn = NULL;
+        c->resume = NULL;
+    }
+    c->state = C_CLOSING;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    if (l->stopping && l->nconns == 0) uv_async_send(&l->stop);
+}
+
+/* Stops reading and closes once the queue is written (or CLOSE_GRACE_MS). */
+static void conn_close_after_flush(conn_t *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->state = C_CLOSING;
+    c->close_after_flush = 1;
+    c->since_ms = now_ms();
+    if (c->qcount == 0)
+        conn_close(c);
+    else
+        mark_dirty(c);
+}
+
+static void ws_close(conn_t *c, uint16_t code, const char *reason)
+{
+    if (c->ws && !rt_ws_closing(c->ws)) {
+        rt_ws_send_close(c->ws, code, reason);
+        ws_take_output(c);
+    }
+    conn_close_after_flush(c);
+}
+
+static void close_slow(conn_t *c)
+{
+    if (c->state == C_CLOSING) return;
+    STAT_ADD(c->loop, slow_disconnects, 1);
+    rt_info(COMP, "slow consumer disconnected (%zu bytes queued)", c->queued_bytes);
+    /* A stalled reader will not take the close frame either; drop what is
+     * queued beyond what is in flight so its memory goes now. */
+    size_t keep = c->inflight ? c->inflight : (c->qoff ? 1 : 0);
+    while (c->qcount > keep) {
+        size_t last = (c->qhead + c->qcount - 1) % c->qcap;
+        c->queued_bytes -= c->q[last].len;
+        q_release(&c->q[last]);
+        c->qcount--;
+    }
+    if (c->state == C_WS || c->state == C_WS_AUTH)
+        ws_close(c, 1008, "slow consumer");
+    else
+        conn_close_after_flush(c);
+}
+
+/* Answers an HTTP request with a JSON body and closes or keeps the connection. */
+static void respond(conn_t *c, int status, const char *json, const char *extra, int keep_alive)
+{
+    char *out;
+    size_t n = rt_http_format_response(&out, status, json ? "application/json" : NULL, extra, json,
+                                       json ? strlen(json) : 0, keep_alive);
+    send_owned(c, out, n);
+    if (!keep_alive) conn_close_after_flush(c);
+}
+
+static void respond_error(conn_t *c, int status, const char *message, const char *extra,
+                          rt_refuse_reason_t why)
+{
+    STAT_ADD(c->loop, refused[why], 1);
+    json_t *j = json_pack("{s:s, s:i}", "error", message, "status", status);
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    respond(c, status, body, extra, 0);
+    free(body);
+}
+
+/* ---- filters and resume ------------------------------------------------------------ */
+
+static int matches(const conn_t *c, const rt_event_t *ev)
+{
+    if (!(c->type_mask & (1u << ev->type))) return 0;
+    if (c->route == ROUTE_SSE_INTENT) return strcmp(ev->key, c->key) == 0;
+    if (c->route == ROUTE_WS_INTENTS && !c->all_ids) {
+        for (int i = 0; i < c->nids; i++)
+            if (strcmp(c->ids[i], ev->key) == 0) return 1;
+        return 0;
+    }
+    return 1;
+}
+
+static void send_json(conn_t *c, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!s) abort();
+    if (is_sse(c)) {
+        /* Control messages on SSE are events of their own type. */
+        json_t *parsed = json_loads(s, 0, NULL);
+        const char *type = json_string_value(json_object_get(parsed, "type"));
+        char *chunk;
+        int n = asprintf(&chunk, "event: %s\ndata: %s\n\n", type ? type : "message", s);
+        json_decref(parsed);
+        if (n < 0) abort();
+        send_owned(c, chunk, (size_t)n);
+    } else if (c->ws) {
+        rt_ws_send_text(c->ws, s, strlen(s));
+        ws_take_output(c);
+    }
+    free(s);
+}
+
+static void send_resync(conn_t *c, int64_t last_id, const char *reason)
+{
+    STAT_ADD(c->loop, resyncs, 1);
+    send_json(c, json_pack("{s:s, s:I, s:s}", "type", "resync", "last_event_id",
+                           (json_int_t)last_id, "reason", reason));
+}
+
+static _Thread_local PGconn *tl_pg;
+
+static void resume_work(uv_work_t *w)
+{
+    resume_req_t *r = w->data;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!tl_pg || PQstatus(tl_pg) != CONNECTION_OK) {
+            if (tl_pg) PQfinish(tl_pg);
+            tl_pg = PQconnectdb(g_conninfo);
+            if (PQstatus(tl_pg) != CONNECTION_OK) {
+                rt_warn(COMP, "resume: cannot connect: %s", PQerrorMessage(tl_pg));
+                PQfinish(tl_pg);
+                tl_pg = NULL;
+                continue;
+            }
+        }
+        if (rt_journal_fetch_after(tl_pg, r->after, RESUME_LIMIT + 1, &r->evs, &r->n,
+                                   &r->pruned_through) == 0)
+            return;
+    }
+    r->failed = 1;
+}
+
+static void resume_done(uv_work_t *w, int status)
+{
+    resume_req_t *r = w->data;
+    conn_t *c = r->conn;
+    if (c && status == 0) {
+        c->resume = NULL;
+        if (r->failed) {
+            send_resync(c, r->after, "journal unavailable");
+        } else if (r->pruned_through > r->after) {
+            send_resync(c, r->after, "past retention");
+        } else if (r->n > RESUME_LIMIT) {
+            send_resync(c, r->after, "too far behind");
+        } else {
+            rt_seqset_t sent;
+            rt_seqset_init(&sent);
+            for (size_t i = 0; i < r->n; i++) {
+                rt_seqset_add(&sent, r->evs[i]->seq);
+                if (matches(c, r->evs[i])) send_event(c, r->evs[i]);
+            }
+            for (size_t i = 0; i < c->nheld; i++)
+                if (!rt_seqset_contains(&sent, c->held[i]->seq)) send_event(c, c->held[i]);
+            rt_seqset_close(&sent);
+        }
+        /* On resync the held live events still follow: the client reloads its
+         * state and goes on from them. */
+        if (r->failed || r->pruned_through > r->after || r->n > RESUME_LIMIT)
+            for (size_t i = 0; i < c->nheld; i++) send_event(c, c->held[i]);
+        for (size_t i = 0; i < c->nheld; i++) rt_event_unref(c->held[i]);
+        c->nheld = 0;
+        flush_dirty(c->loop);
+    }
+    for (size_t i = 0; i < r->n; i++) rt_event_unref(r->evs[i]);
+    free(r->evs);
+    free(r);
+}
+
+static void start_resume(conn_t *c, int64_t after)
+{
+    loop_t *l = c->loop;
+    STAT_ADD(l, resumes, 1);
+    if (c->resume) return; /* one at a time */
+    long pos = rt_window_find(&l->window, after);
+    if (pos >= 0) {
+        for (size_t i = (size_t)pos + 1; i < l->window.count; i++) {
+            rt_event_t *ev = rt_window_at(&l->window, i);
+            if (matches(c, ev)) send_event(c, ev);
+        }
+        return;
+    }
+    resume_req_t *r = calloc(1, sizeof *r);
+    if (!r) abort();
+    r->conn = c;
+    r->after = after;
+    r->work.data = r;
+    c->resume = r;
+    if (uv_queue_work(&l->uv, &r->work, resume_work, resume_done) != 0) {
+        c->resume = NULL;
+        free(r);
+        send_resync(c, after, "journal unavailable");
+    }
+}
+
+/* ---- WebSocket ---------------------------------------------------------------------- */
+
+static void ws_take_output(conn_t *c)
+{
+    char *buf;
+    size_t n = rt_ws_take_output(c->ws, &buf);
+    if (n) send_owned(c, buf, n);
+}
+
+static json_t *ids_array(conn_t *c)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < c->nids; i++) json_array_append_new(a, json_string(c->ids[i]));
+    return a;
+}
+
+static int has_id(conn_t *c, const char *id)
+{
+    for (int i = 0; i < c->nids; i++)
+        if (strcmp(c->ids[i], id) == 0) return 1;
+    return 0;
+}
+
+static void add_id(conn_t *c, const char *id)
+{
+    if (has_id(c, id) || c->nids >= RT_WS_MAX_IDS) return;
+    if (!c->ids) {
+        c->ids = calloc(RT_WS_MAX_IDS, sizeof *c->ids);
+        if (!c->ids) abort();
+    }
+    snprintf(c->ids[c->nids++], RT_WS_MAX_ID_LEN, "%s", id);
+}
+
+static void remove_id(conn_t *c, const char *id)
+{
+    for (int i = 0; i < c->nids; i++) {
+        if (strcmp(c->ids[i], id) == 0) {
+            memmove(c->ids[i], c->ids[c->nids - 1], RT_WS_MAX_ID_LEN);
+            c->nids--;
+            return;
+        }
+    }
+}
+
+static int rate_ok(conn_t *c)
+{
+    double rate = (double)c->loop->f->cfg->client_msg_rate;
+    uint64_t now = now_ms();
+    c->tokens += (double)(now - c->tokens_ms) * rate / 1000.0;
+    if (c->tokens > rate) c->tokens = rate;
+    c->tokens_ms = now;
+    if (c->tokens < 1.0) return 0;
+    c->tokens -= 1.0;
+    return 1;
+}
+
+static void go_live(conn_t *c)
+{
+    set_transport(c, RT_TRANSPORT_WS);
+    c->state = C_WS;
+    c->since_ms = c->last_ping_ms = now_ms();
+    if (c->pending_resume >= 0) {
+        int64_t after = c->pending_resume;
+        c->pending_resume = -1;
+        start_resume(c, after);
+    }
+}
+
+static void on_ws_text(void *ud, const char *msg, size_t len)
+{
+    conn_t *c = ud;
+    if (c->state == C_CLOSING) return;
+    if (!rate_ok(c)) {
+        STAT_ADD(c->loop, refused[RT_REFUSE_RATE_LIMIT], 1);
+        ws_close(c, 1008, "rate limit exceeded");
+        return;
+    }
+    rt_ws_client_msg_t *m = malloc(sizeof *m);
+    if (!m) abort();
+    char err[160];
+    if (rt_ws_parse_client_msg(msg, len, m, err, sizeof err) < 0) {
+        if (c->state == C_WS_AUTH) {
+            STAT_ADD(c->loop, refused[RT_REFUSE_AUTH], 1);
+            ws_close(c, 1008, "authentication required");
+        } else {
+            send_json(c, json_pack("{s:s, s:s}", "type", "error", "message", err));
+        }
+        free(m);
+        return;
+    }
+    rt_fanout_t *f = c->loop->f;
+    if (c->state == C_WS_AUTH) {
+        const char *why;
+        if (m->type != RT_WS_MSG_AUTH || rt_auth_check(&f->auth, m->token, &why) < 0) {
+            STAT_ADD(c->loop, refused[RT_REFUSE_AUTH], 1);
+            ws_close(c, 1008, m->type == RT_WS_MSG_AUTH ? why : "authentication required");
+        } else {
+            go_live(c);
+            send_json(c, json_pack("{s:s}", "type", "authenticated"));
+        }
+        free(m);
+        return;
+    }
+    switch (m->type) {
+    case RT_WS_MSG_PING:
+        send_json(c, json_pack("{s:s}", "type", "pong"));
+        break;
+    case RT_WS_MSG_SUBSCRIBE:
+        c->all_ids = 0;
+        for (int i = 0; i < m->nids; i++) add_id(c, m->ids[i]);
+        send_json(c, json_pack("{s:s, s:o}", "type", "subscribed", "intent_ids", ids_array(c)));
+        break;
+    case RT_WS_MSG_UNSUBSCRIBE:
+        c->all_ids = 0;
+        for (int i = 0; i < m->nids; i++) remove_id(c, m->ids[i]);
+        send_json(c, json_pack("{s:s, s:o}", "type", "unsubscribed", "intent_ids", ids_array(c)));
+        break;
+    case RT_WS_MSG_RESUME:
+        start_resume(c, m->last_event_id);
+        break;
+    case RT_WS_MSG_AUTH:
+        send_json(c, json_pack("{s:s}", "type", "authenticated"));
+        break;
+    }
+    free(m);
+    flush_dirty(c->loop);
+}
+
+static void on_ws_pong(void *ud)
+{
+    conn_t *c = ud;
+    c->missed_pongs = 0;
+}
+
+static void on_ws_close(void *ud, uint16_t code)
+{
+    conn_t *c = ud;
+    (void)code;
+    ws_take_output(c);
+    conn_close_after_flush(c);
+}
+
+static const rt_ws_callbacks_t ws_cbs = {on_ws_text, on_ws_pong, on_ws_close};
+
+/* ---- request handling --------------------------------------------------------------- */
+
+/* Parses "a,b" (and repeated keys) of event type names into a mask.
+ * Returns 0, or -1 naming the bad type in bad. */
+static int parse_types(const char *query, size_t qlen, unsigned *mask, char *bad, size_t badlen)
+{
+    char val[512];
+    int any = 0;
+    *mask = 0;
+    for (int i = 0;; i++) {
+        int n = rt_http_query_get(query, qlen, "types", i, val, sizeof val);
+        if (n == -1) break;
+        if (n < 0) {
+            snprintf(bad, badlen, "types");
+            return -1;
+        }
+        char *save = NULL;
+        for (char *t = strtok_r(val, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            int ty = rt_event_type_from_name(t);
+            if (ty < 0) {
+                snprintf(bad, badlen, "%.60s", t);
+                return -1;
+            }
+            *mask |= 1u << ty;
+            any = 1;
+        }
+    }
+    if (!any) *mask = RT_BUS_ALL_TYPES;
+    return 0;
+}
+
+/* Sets c's type filter from ?types=; answers 400 and returns -1 if bad. */
+static int set_types_filter(conn_t *c, const char *q, size_t qlen)
+{
+    char bad[64];
+    if (parse_types(q, qlen, &c->type_mask, bad, sizeof bad) == 0) return 0;
+    char msg[128];
+    snprintf(msg, sizeof msg, "unknown event type in types: %s", bad);
+    respond_error(c, 400, msg, NULL, RT_REFUSE_BAD_REQUEST);
+    return -1;
+}
+
+static int parse_last_id(const char *s, int64_t *out)
+{
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < 0) return -1;
+    *out = v;
+    return 1;
+}
+
+static const char *cors_headers(conn_t *c, char *buf, size_t cap)
+{
+    const char *origin = rt_http_req_header(c->req, "Origin");
+    rt_fanout_t *f = c->loop->f;
+    buf[0] = '\0';
+    if (f->norigins == 0)
+        snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
+    else if (origin && origin_allowed(f, origin))
+        snprintf(buf, cap, "Access-Control-Allow-Origin: %.200s\r\nVary: Origin\r\n", origin);
+    return buf;
+}
+
+static void handle_health(conn_t *c, const char *path, int keep_alive)
+{
+    rt_fanout_t *f = c->loop->f;
+    rt_listener_stats_t *ls = f->listener ? rt_listener_stats(f->listener) : NULL;
+    int connected = ls ? atomic_load(&ls->connected) : 0;
+    if (strcmp(path, "/healthz") == 0) {
+        respond(c, 200, "{\"status\":\"ok\"}", "Cache-Control: no-store\r\n", keep_alive);
+        return;
+    }
+    if (strcmp(path, "/readyz") == 0) {
+        if (connected)
+            respond(c, 200, "{\"status\":\"ready\"}", "Cache-Control: no-store\r\n", keep_alive);
+        else
+            respond(c, 503, "{\"status\":\"not ready\",\"reason\":\"listener not connected\"}",
+                    "Cache-Control: no-store\r\n", keep_alive);
+        return;
+    }
+    /* /health/realtime */
+    rt_fanout_stats_t st;
+    rt_fanout_stats(f, &st);
+    uint64_t last_ns = ls ? atomic_load(&ls->last_event_ns) : 0;
+    double age = last_ns ? (double)(rt_now_ns() - last_ns) / 1e9 : -1.0;
+    json_t *loops = json_array();
+    for (int i = 0; i < f->nloops; i++) {
+        rt_bus_sub_t *s = f->loops[i].sub;
+        json_array_append_new(loops, json_pack("{s:i, s:I, s:I}", "loop", i, "ring_depth",
+                                               (json_int_t)rt_bus_depth(s), "ring_overflows",
+                                               (json_int_t)atomic_load(&s->overflows)));
+    }
+    json_t *j = json_pack(
+        "{s:s, s:{s:b, s:f, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:o, s:I, s:I, s:I}", "status",
+        connected ? "ok" : "degraded", "listener", "connected", connected,
+        "last_event_age_seconds", age, "last_seq",
+        (json_int_t)(ls ? atomic_load(&ls->last_seq) : 0), "reconnects",
+        (json_int_t)(ls ? atomic_load(&ls->reconnects) : 0), "published",
+        (json_int_t)(ls ? atomic_load(&ls->published) : 0), "connections", "websocket",
+        (json_int_t)st.active[RT_TRANSPORT_WS], "sse", (json_int_t)st.active[RT_TRANSPORT_SSE],
+        "http", (json_int_t)st.active[RT_TRANSPORT_HTTP], "loops", loops,
+        "slow_consumer_disconnects", (json_int_t)st.slow_disconnects, "resumes",
+        (json_int_t)st.resumes, "resyncs", (json_int_t)st.resyncs);
+    char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    respond(c, connected ? 200 : 503, body, "Cache-Control: no-store\r\n", keep_alive);
+    free(body);
+}
+
+/* Which route a path names; -1 for health paths (handled apart), -2 unknown. */
+static int route_of(const char *path, const char **intent_id)
+{
+    static const char sse_intent[] = "/events/intents/";
+    if (strcmp(path, "/ws/intents") == 0) return ROUTE_WS_INTENTS;
+    if (strcmp(path, "/ws/dashboard") == 0) return ROUTE_WS_DASHBOARD;
+    if (strcmp(path, "/events/audit-logs") == 0) return ROUTE_SSE_AUDIT;
+    if (strcmp(path, "/api/v2/events/stream") == 0) return ROUTE_SSE_STREAM;
+    if (strncmp(path, sse_intent, sizeof sse_intent - 1) == 0 && path[sizeof sse_intent - 1] &&
+        !strchr(path + sizeof sse_intent - 1, '/')) {
+        *intent_id = path + sizeof sse_intent - 1;
+        return ROUTE_SSE_INTENT;
+    }
+    if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+        strcmp(path, "/health/realtime") == 0)
+        return -1;
+    return -2;
+}
+
+/* The client's token, from the Authorization header or access_token. */
+static const char *request_token(conn_t *c, char *buf, size_t cap)
+{
+    const char *t = rt_auth_bearer(rt_http_req_header(c->req, "Authorization"));
+    if (t) return t;
+    size_t qlen;
+    const char *q = rt_http_req_query(c->req, &qlen);
+    if (rt_http_query_get(q, qlen, "access_token", 0, buf, cap) > 0) return buf;
+    return NULL;
+}
+
+static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len)
+{
+    rt_fanout_t *f = c->loop->f;
+    char accept[29];
+    const char *reason = NULL;
+    int st = rt_ws_check_handshake(c->req, accept, &reason);
+    if (st == 426) {
+        respond_error(c, 426, "unsupported WebSocket version", "Sec-WebSocket-Version: 13\r\n",
+                      RT_REFUSE_BAD_REQUEST);
+        return;
+    }
+    if (st != 0) {
+        respond_error(c, 400, reason ? reason : "bad WebSocket handshake", NULL,
+                      RT_REFUSE_BAD_REQUEST);
+        return;
+    }
+    if (!origin_allowed(f, rt_http_req_header(c->req, "Origin"))) {
+        respond_error(c, 403, "origin not allowed", NULL, RT_REFUSE_ORIGIN);
+        return;
+    }
+    size_t qlen;
+    const char *q = rt_http_req_query(c->req, &qlen);
+    c->route = route;
+    c->all_ids = 1;
+    char val[RT_WS_MAX_ID_LEN * 4];
+    if (route == ROUTE_WS_INTENTS) {
+        c->type_mask = 1u << RT_EV_INTENT_UPDATE;
+        for (int i = 0;; i++) {
+            int n = rt_http_query_get(q, qlen, "intent_ids", i, val, sizeof val);
+            if (n == -1) break;
+            if (n < 0) {
+                respond_error(c, 400, "bad intent_ids", NULL, RT_REFUSE_BAD_REQUEST);
+                return;
+            }
+            char *save = NULL;
+            for (char *t = strtok_r(val, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (strlen(t) >= RT_WS_MAX_ID_LEN) {
+                    respond_error(c, 400, "intent id too long", NULL, RT_REFUSE_BAD_REQUEST);
+                    return;
+                }
+                add_id(c, t);
+                c->all_ids = 0;
+            }
+        }
+    } else {
+        if (set_types_filter(c, q, qlen) < 0) return;
+    }
+    int64_t last = -1;
+    char idbuf[32];
+    if (rt_http_query_get(q, qlen, "last_event_id", 0, idbuf, sizeof idbuf) >= 0 &&
+        parse_last_id(idbuf, &last) < 0) {
+        respond_error(c, 400, "last_event_id must be a non-negative integer", NULL,
+                      RT_REFUSE_BAD_REQUEST);
+        return;
+    }
+    int authed = !rt_auth_enabled(&f->auth);
+    if (!authed) {
+        char tokbuf[4096];
+        const char *tok = request_token(c, tokbuf, sizeof tokbuf);
+        const char *why;
+        if (tok) {
+            if (rt_auth_check(&f->auth, tok, &why) < 0) {
+                respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
+                return;
+            }
+            authed = 1;
+        }
+    }
+
+    char *resp;
+    size_t n = rt_ws_format_101(&resp, accept);
+    send_owned(c, resp, n);
+    rt_http_req_close(c->req);
+    free(c->req);
+    c->req = NULL;
+    c->ws = rt_ws_new((size_t)f->cfg->ws_max_message, &ws_cbs, c);
+    c->tokens = (double)f->cfg->client_msg_rate;
+    c->tokens_ms = now_ms();
+    c->pending_resume = last;
+    if (authed) {
+        go_live(c);
+    } else {
+        /* Nothing is sent before the auth message arrives. */
+        c->state = C_WS_AUTH;
+        c->since_ms = now_ms();
+    }
+    if (rest_len) {
+        rt_ws_feed(c->ws, rest, rest_len);
+        ws_take_output(c);
+    }
+}
+
+static void start_sse(conn_t *c, route_t route, const char *intent_id)
+{
+    rt_fanout_t *f = c->loop->f;
+    size_t qlen;
+    const char *q = rt_http_req_query(c->req, &qlen);
+    if (rt_auth_enabled(&f->auth)) {
+        char tokbuf[4096];
+        const char *tok = request_token(c, tokbuf, sizeof tokbuf);
+        const char *why;
+        if (rt_auth_check(&f->auth, tok, &why) < 0) {
+            respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
+            return;
+        }
+    }
+    c->route = route;
+    if (route == ROUTE_SSE_INTENT) {
+        c->type_mask = 1u << RT_EV_INTENT_UPDATE;
+        char *decoded = malloc(strlen(intent_id) + 1);
+        if (!decoded) abort();
+        /* The id is a path segment; reuse the query decoder on "k=<id>". */
+        char *tmp;
+        if (asprintf(&tmp, "k=%s", intent_id) < 0) abort();
+        if (rt_http_query_get(tmp, strlen(tmp), "k", 0, decoded, strlen(intent_id) + 1) < 0) {
+            free(tmp);
+            free(decoded);
+            respond_error(c, 400, "bad intent id", NULL, RT_REFUSE_BAD_REQUEST);
+            return;
+        }
+        free(tmp);
+        c->key = decoded;
+    } else if (route == ROUTE_SSE_AUDIT) {
+        c->type_mask = 1u << RT_EV_AUDIT_LOG;
+    } else {
+        if (set_types_filter(c, q, qlen) < 0) return;
+    }
+    int64_t last = -1;
+    const char *h = rt_http_req_header(c->req, "Last-Event-ID");
+    char idbuf[32];
+    if (!h && rt_http_query_get(q, qlen, "last_event_id", 0, idbuf, sizeof idbuf) >= 0) h = idbuf;
+    if (h && parse_last_id(h, &last) < 0) {
+        respond_error(c, 400, "Last-Event-ID must be a non-negative integer", NULL,
+                      RT_REFUSE_BAD_REQUEST);
+        return;
+    }
+    char cors[320];
+    cors_headers(c, cors, sizeof cors);
+    char *head;
+    int n = asprintf(&head,
+                     "HTTP/1.1 200 OK\r\n"
+                     "Content-Type: text/event-stream\r\n"
+                     "Cache-Control: no-cache\r\n"
+                     "X-Accel-Buffering: no\r\n"
+                     "%s"
+                     "\r\n"
+                     "retry: 3000\n\n",
+                     cors);
+    if (n < 0) abort();
+    send_owned(c, head, (size_t)n);
+    rt_http_req_close(c->req);
+    free(c->req);
+    c->req = NULL;
+    c->state = C_SSE;
+    set_transport(c, RT_TRANSPORT_SSE);
+    /* Reading goes on, only to notice when the client goes away. */
+    c->since_ms = c->last_write_ms = now_ms();
+    if (last >= 0) start_resume(c, last);
+}
+
+/* Handles the complete request in c->req. rest: bytes after it. Returns 1 if
+ * the connection stays in HTTP (keep-alive) and rest should be parsed as the
+ * next request. */
+static int handle_request(conn_t *c, const char *rest, size_t rest_len)
+{
+    rt_http_req_t *req = c->req;
+    char path[1024];
+    if (rt_http_req_path(req, path, sizeof path) < 0) {
+        respond_error(c, 400, "path too long", NULL, RT_REFUSE_BAD_REQUEST);
+        return 0;
+    }
+    int keep_alive = req->keep_alive && !c->loop->stopping;
+    const char *intent_id = NULL;
+    int route = route_of(path, &intent_id);
+    if (route == -2) {
+        respond_error(c, 404, "not found", NULL, RT_REFUSE_NOT_FOUND);
+        return 0;
+    }
+    if (req->method == HTTP_OPTIONS) {
+        char cors[320], extra[600];
+        cors_headers(c, cors, sizeof cors);
+        snprintf(extra, sizeof extra,
+                 "%sAccess-Control-Allow-Methods: GET, OPTIONS\r\n"
+                 "Access-Control-Allow-Headers: Authorization, Last-Event-ID, Content-Type\r\n"
+                 "Access-Control-Max-Age: 600\r\nAllow: GET, OPTIONS\r\n",
+                 cors);
+        respond(c, 204, NULL, extra, keep_alive);
+        return keep_alive;
+    }
+    if (req->method != HTTP_GET) {
+        respond_error(c, 405, "method not allowed", "Allow: GET, OPTIONS\r\n", RT_REFUSE_METHOD);
+        return 0;
+    }
+    if (route == -1) {
+        handle_health(c, path, keep_alive);
+        return keep_alive;
+    }
+    if (route == ROUTE_WS_INTENTS || route == ROUTE_WS_DASHBOARD) {
+        start_ws(c, (route_t)route, rest, rest_len);
+        return 0;
+    }
+    start_sse(c, (route_t)route, intent_id);
+    return 0;
+}
+
+static void on_http_data(conn_t *c, const char *data, size_t len)
+{
+    while (c->state == C_HTTP && len > 0) {
+        size_t used = 0;
+        rt_http_result_t r = rt_http_req_feed(c->req, data, len, &used);
+        if (r == RT_HTTP_NEED_MORE) return;
+        if (r == RT_HTTP_ERROR) {
+            int st = c->req->error_status ? c->req->error_status : 400;
+            respond_error(c, st, c->req->error_reason ? c->req->error_reason : "bad request", NULL,
+                          st == 431 ? RT_REFUSE_HEADER_TOO_LARGE : RT_REFUSE_BAD_REQUEST);
+            return;
+        }
+        data += used;
+        len -= used;
+        if (!handle_request(c, data, len)) return;
+        rt_http_req_reset(c->req);
+        c->since_ms = now_ms();
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    conn_t *c = h->data;
+    /* One buffer per loop: every read is consumed before the next one. */
+    *buf = uv_buf_init(c->loop->readbuf, READ_BUF);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = s->data;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    if (nread == 0) return;
+    switch (c->state) {
+    case C_HTTP:
+        on_http_data(c, buf->base, (size_t)nread);
+        break;
+    case C_WS:
+    case C_WS_AUTH:
+        rt_ws_feed(c->ws, buf->base, (size_t)nread);
+        if (c->ws) ws_take_output(c);
+        break;
+    default:
+        break;
+    }
+    flush_dirty(c->loop);
+}
+
+/* ---- accepting ------------------------------------------------------------------------ */
+
+static void addr_key(const struct sockaddr_storage *ss, unsigned char out[16])
+{
+    memset(out, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    loop_t *l = server->data;
+    rt_fanout_t *f = l->f;
+    if (status < 0) {
+        rt_warn(COMP, "accept: %s", uv_strerror(status));
+        return;
+    }
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->loop = l;
+    c->transport = -1;
+    c->pending_resume = -1;
+    uv_tcp_init(&l->uv, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->next = l->conns;
+    if (l->conns) l->conns->prev = c;
+    l->conns = c;
+    l->nconns++;
+    atomic_fetch_add(&f->total_conns, 1);
+    STAT_ADD(l, accepted, 1);
+    c->state = C_HTTP;
+    c->since_ms = now_ms();
+    c->req = malloc(sizeof *c->req);
+    if (!c->req) abort();
+    rt_http_req_init(c->req, MAX_POST_BODY);
+    set_transport(c, RT_TRANSPORT_HTTP);
+
+    struct sockaddr_storage peer;
+    int plen = sizeof peer;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen) == 0) addr_key(&peer, c->addr);
+    if (atomic_load(&f->total_conns) > f->cfg->max_conns) {
+        respond_error(c, 503, "server at connection limit", "Retry-After: 5\r\n",
+                      RT_REFUSE_MAX_CONNS);
+    } else if (!rt_iplimit_acquire(&f->iplimit, c->addr)) {
+        respond_error(c, 429, "too many connections from this address", "Retry-After: 5\r\n",
+                      RT_REFUSE_PER_IP);
+    } else {
+        c->ip_counted = 1;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    }
+    flush_dirty(l);
+}
+
+/* ---- the loop: events, timers, stop ------------------------------------------------------ */
+
+static void recover_overflow(loop_t *l)
+{
+    STAT_ADD(l, ring_overflows, 1);
+    rt_warn(COMP, "loop %d fell behind the bus (ring overflow): stream clients will resume", l->id);
+    /* The window now has a hole, so resumes must come from the journal. */
+    rt_window_clear(&l->window);
+    for (conn_t *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == C_WS || c->state == C_WS_AUTH)
+            ws_close(c, 1013, "server fell behind: resume with your last id");
+        else if (c->state == C_SSE)
+            conn_close_after_flush(c);
+    }
+}
+
+static void on_wake(uv_async_t *h)
+{
+    loop_t *l = h->data;
+    if (rt_bus_take_recovery(l->sub)) recover_overflow(l);
+    rt_event_t *evs[DRAIN_BATCH];
+    size_t n;
+    while ((n = rt_bus_drain(l->sub, evs, DRAIN_BATCH)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            rt_event_t *ev = evs[i];
+            rt_window_push(&l->window, ev);
+            for (conn_t *c = l->conns; c; c = c->next) {
+                if ((c->state != C_WS && c->state != C_SSE) || !matches(c, ev)) continue;
+                if (c->resume) {
+                    if (c->nheld == c->capheld) {
+                        c->capheld = c->capheld ? c->capheld * 2 : 64;
+                        c->held = realloc(c->held, c->capheld * sizeof *c->held);
+                        if (!c->held) abort();
+                    }
+                    c->held[c->nheld++] = rt_event_ref(ev);
+                } else {
+                    send_event(c, ev);
+                }
+            }
+            rt_event_unref(ev);
+            /* Several events per write, but not a whole batch per client:
+             * a reader that keeps up must not look slow. */
+            if ((i & (FLUSH_EVERY - 1)) == FLUSH_EVERY - 1) flush_dirty(l);
+        }
+        flush_dirty(l);
+        if (n < DRAIN_BATCH) break;
+    }
+}
+
+static const char keepalive_comment[] = ": keepalive\n\n";
+
+static void on_tick(uv_timer_t *t)
+{
+    loop_t *l = t->data;
+    const rt_config_t *cfg = l->f->cfg;
+    uint64_t now = now_ms();
+    for (conn_t *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        switch (c->state) {
+        case C_HTTP:
+            if (now - c->since_ms > (uint64_t)cfg->header_timeout_ms) {
+                STAT_ADD(l, refused[RT_REFUSE_HEADER_TIMEOUT], 1);
+                respond(c, 408, "{\"error\":\"request timeout\",\"status\":408}", NULL, 0);
+            }
+            break;
+        case C_WS_AUTH:
+            if (now - c->since_ms > AUTH_TIMEOUT_MS) {
+                STAT_ADD(l, refused[RT_REFUSE_AUTH], 1);
+                ws_close(c, 1008, "authentication required");
+            }
+            break;
+        case C_WS:
+            if (now - c->last_ping_ms >= (uint64_t)cfg->ping_interval_ms) {
+                if (c->missed_pongs >= 2) {
+                    STAT_ADD(l, ping_timeouts, 1);
+                    ws_close(c, 1001, "ping timeout");
+                    break;
+                }
+                rt_ws_send_ping(c->ws);
+                ws_take_output(c);
+                c->missed_pongs++;
+                c->last_ping_ms = now;
+            }
+            break;
+        case C_SSE:
+            if (now - c->last_write_ms >= (uint64_t)cfg->keepalive_interval_ms && c->qcount == 0) {
+                send_bytes(c, keepalive_comment, sizeof keepalive_comment - 1, 0);
+                c->last_write_ms = now;
+            }
+            break;
+        case C_CLOSING:
+            if (c->close_after_flush && now - c->since_ms > CLOSE_GRACE_MS) conn_close(c);
+            break;
+        }
+    }
+    flush_dirty(l);
+}
+
+static void close_loop_handles(loop_t *l)
+{
+    if (!uv_is_closing((uv_handle_t *)&l->wake)) uv_close((uv_handle_t *)&l->wake, NULL);
+    if (!uv_is_closing((uv_handle_t *)&l->stop)) uv_close((uv_handle_t *)&l->stop, NULL);
+    if (!uv_is_closing((uv_handle_t *)&l->tick)) uv_close((uv_handle_t *)&l->tick, NULL);
+    if (!uv_is_closing((uv_handle_t *)&l->deadline)) uv_close((uv_handle_t *)&l->deadline, NULL);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    loop_t *l = t->data;
+    for (conn_t *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        conn_close(c);
+    }
+    close_loop_handles(l);
+}
+
+static void on_stop(uv_async_t *h)
+{
+    loop_t *l = h->data;
+    if (!l->stopping) {
+        l->stopping = 1;
+        if (!uv_is_closing((uv_handle_t *)&l->server)) uv_close((uv_handle_t *)&l->server, NULL);
+        for (conn_t *c = l->conns, *next; c; c = next) {
+            next = c->next;
+            if (c->state == C_WS || c->state == C_WS_AUTH)
+                ws_close(c, 1001, "server shutting down");
+            else if (c->state == C_SSE || c->state == C_HTTP)
+                conn_close_after_flush(c);
+        }
+        flush_dirty(l);
+        uv_timer_start(&l->deadline, on_deadline, (uint64_t)l->f->cfg->shutdown_timeout_ms, 0);
+    }
+    if (l->nconns == 0) close_loop_handles(l);
+}
+
+static void *loop_main(void *arg)
+{
+    loop_t *l = arg;
+    char name[16];
+    snprintf(name, sizeof name, "fanout-%d", l->id);
+    rt_log_thread_name(name);
+    uv_run(&l->uv, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void wake_cb(void *arg)
+{
+    uv_async_send(arg);
+}
+
+/* ---- the pool ------------------------------------------------------------------------------ */
+
+rt_fanout_t *rt_fanout_new(const rt_config_t *cfg, rt_bus_t *bus, rt_listener_t *listener,
+                           char *err, size_t errlen)
+{
+    rt_fanout_t *f = calloc(1, sizeof *f);
+    if (!f) abort();
+    f->cfg = cfg;
+    f->bus = bus;
+    f->listener = listener;
+    if (rt_parse_listen(cfg->listen, &f->addr) < 0) {
+        snprintf(err, errlen, "--listen: invalid address '%s': expected HOST:PORT",
+                 cfg->listen ? cfg->listen : "");
+        free(f);
+        return NULL;
+    }
+    g_conninfo = cfg->database_url;
+    f->nloops = cfg->fanout_threads > 0 ? (int)cfg->fanout_threads : (int)uv_available_parallelism();
+    if (f->nloops < 1) f->nloops = 1;
+    rt_auth_init(&f->auth, cfg->auth_token, cfg->jwt_secret);
+    rt_iplimit_init(&f->iplimit, (uint32_t)cfg->max_conns_per_ip);
+    atomic_init(&f->total_conns, 0);
+    if (cfg->allowed_origins && *cfg->allowed_origins) {
+        char *copy = strdup(cfg->allowed_origins), *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            f->origins = realloc(f->origins, sizeof(char *) * (size_t)(f->norigins + 1));
+            if (!f->origins) abort();
+            f->origins[f->norigins++] = strdup(t);
+        }
+        free(copy);
+    }
+    uint64_t tick = 1000;
+    int64_t candidates[] = {cfg->ping_interval_ms / 2, cfg->keepalive_interval_ms / 2,
+                            cfg->header_timeout_ms / 2};
+    for (size_t i = 0; i < 3; i++)
+        if (candidates[i] > 0 && (uint64_t)candidates[i] < tick) tick = (uint64_t)candidates[i];
+    f->tick_ms = tick < 20 ? 20 : tick;
+
+    f->loops = calloc((size_t)f->nloops, sizeof *f->loops);
+    if (!f->loops) abort();
+    for (int i = 0; i < f->nloops; i++) {
+        loop_t *l = &f->loops[i];
+        l->f = f;
+        l->id = i;
+        l->fd = -1;
+        l->readbuf = malloc(READ_BUF);
+        if (!l->readbuf) abort();
+        uv_loop_init(&l->uv);
+        uv_async_init(&l->uv, &l->wake, on_wake);
+        uv_async_init(&l->uv, &l->stop, on_stop);
+        uv_timer_init(&l->uv, &l->tick);
+        uv_timer_init(&l->uv, &l->deadline);
+        l->wake.data = l->stop.data = l->tick.data = l->deadline.data = l;
+        rt_window_init(&l->window, (size_t)cfg->replay_window);
+        char name[32];
+        snprintf(name, sizeof name, "fanout-%d", i);
+        l->sub = rt_bus_subscribe(bus, name, (unsigned)cfg->bus_ring_size, RT_BUS_ALL_TYPES,
+                                  wake_cb, &l->wake);
+        if (!l->sub) abort();
+    }
+    return f;
+}
+
+static int bind_socket(rt_fanout_t *f, const struct sockaddr_storage *addr)
+{
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    socklen_t len = addr->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                : sizeof(struct sockaddr_in6);
+    if (bind(fd, (const struct sockaddr *)addr, len) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    (void)f;
+    return fd;
+}
+
+int rt_fanout_start(rt_fanout_t *f)
+{
+    struct sockaddr_storage addr = f->addr;
+    for (int i = 0; i < f->nloops; i++) {
+        int fd = bind_socket(f, &addr);
+        if (fd < 0) {
+            rt_error(COMP, "cannot listen on %s: %s", f->cfg->listen, strerror(-fd));
+            for (int j = 0; j < i; j++) close(f->loops[j].fd), f->loops[j].fd = -1;
+            return fd;
+        }
+        if (i == 0) {
+            /* With port 0 the kernel picked one: every loop binds that one. */
+            socklen_t len = sizeof addr;
+            getsockname(fd, (struct sockaddr *)&addr, &len);
+            f->port = ntohs(addr.ss_family == AF_INET ? ((struct sockaddr_in *)&addr)->sin_port
+                                                      : ((struct sockaddr_in6 *)&addr)->sin6_port);
+        }
+        f->loops[i].fd = fd;
+    }
+    for (int i = 0; i < f->nloops; i++) {
+        loop_t *l = &f->loops[i];
+        uv_tcp_init(&l->uv, &l->server);
+        l->server.data = l;
+        int rc = uv_tcp_open(&l->server, l->fd);
+        if (rc == 0) rc = uv_listen((uv_stream_t *)&l->server, 1024, on_connection);
+        if (rc < 0) {
+            rt_error(COMP, "cannot listen on %s: %s", f->cfg->listen, uv_strerror(rc));
+            return rc;
+        }
+        uv_timer_start(&l->tick, on_tick, f->tick_ms, f->tick_ms);
+    }
+    for (int i = 0; i < f->nloops; i++) pthread_create(&f->loops[i].thread, NULL, loop_main, &f->loops[i]);
+    f->started = 1;
+    rt_info(COMP, "listening on %s (port %d, %d loops)", f->cfg->listen, f->port, f->nloops);
+    if (f->norigins == 0) rt_info(COMP, "--allowed-origins unset: every origin is allowed");
+    return 0;
+}
+
+int rt_fanout_port(const rt_fanout_t *f)
+{
+    return f->port;
+}
+
+void rt_fanout_shutdown(rt_fanout_t *f)
+{
+    if (!f->started) return;
+    for (int i = 0; i < f->nloops; i++) uv_async_send(&f->loops[i].stop);
+    for (int i = 0; i < f->nloops; i++) pthread_join(f->loops[i].thread, NULL);
+    f->started = 0;
+}
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void rt_fanout_free(rt_fanout_t *f)
+{
+    if (!f) return;
+    rt_fanout_shutdown(f);
+    for (int i = 0; i < f->nloops; i++) {
+        loop_t *l = &f->loops[i];
+        /* Loops that never ran still hold their handles. */
+        uv_walk(&l->uv, close_any, NULL);
+        uv_run(&l->uv, UV_RUN_DEFAULT);
+        uv_loop_close(&l->uv);
+        rt_window_close(&l->window);
+        free(l->dirty);
+        free(l->readbuf);
+    }
+    for (int i = 0; i < f->norigins; i++) free(f->origins[i]);
+    free(f->origins);
+    rt_iplimit_close(&f->iplimit);
+    free(f->loops);
+    free(f);
+}
+
+void rt_fanout_stats(rt_fanout_t *f, rt_fanout_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < f->nloops; i++) {
+        loop_stats_t *s = &f->loops[i].st;
+        for (int t = 0; t < RT_TRANSPORT__COUNT; t++) out->active[t] += atomic_load(&s->active[t]);
+        out->accepted += atomic_load(&s->accepted);
+        for (int r = 0; r < RT_REFUSE__COUNT; r++) out->refused[r] += atomic_load(&s->refused[r]);
+        out->slow_disconnects += atomic_load(&s->slow_disconnects);
+        out->ping_timeouts += atomic_load(&s->ping_timeouts);
+        out->events_sent += atomic_load(&s->events_sent);
+        out->resumes += atomic_load(&s->resumes);
+        out->resyncs += atomic_load(&s->resyncs);
+        out->ring_overflows += atomic_load(&s->ring_overflows);
+    }
+}
+
+int rt_fanout_loops(const rt_fanout_t *f)
+{
+    return f->nloops;
+}
+
+rt_bus_sub_t *rt_fanout_ring(const rt_fanout_t *f, int i)
+{
+    return f->loops[i].sub;
+}
