@@ -160,7 +160,7 @@ check-san: deps
 	@$(MAKE) --no-print-directory FLAVOUR=san test-only
 
 check-tsan: deps
-	@$(MAKE) --no-print-directory FLAVOUR=tsan $(BIN) tests
+	@$(MAKE) --no-print-directory FLAVOUR=tsan $(BIN) tests test/js/node_modules/.installed
 	@TSAN_OPTIONS="suppressions=$(CURDIR)/test/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
 		sh test/run.sh build/tsan threaded
 

@@ -101,28 +101,47 @@ static void wake_sleeper(rt_bus_sub_t *sub)
     }
 }
 
+/* Enqueues ev on sub if it wants the type. Returns 1 if something happened
+ * that the consumer must be woken for (an entry, or an overflow). */
+static int enqueue_one(rt_bus_sub_t *sub, rt_event_t *ev, unsigned *overflowed)
+{
+    if (!(sub->type_mask & (1u << ev->type))) return 0;
+    rt_event_ref(ev);
+    TSAN_RELEASE(ev);
+    if (!ck_ring_enqueue_mpmc(&sub->ring, sub->buf, ev)) {
+        rt_event_unref(ev);
+        atomic_fetch_add_explicit(&sub->overflows, 1, memory_order_relaxed);
+        atomic_store_explicit(&sub->need_recovery, 1, memory_order_release);
+        (*overflowed)++;
+    } else {
+        atomic_fetch_add_explicit(&sub->enqueued, 1, memory_order_relaxed);
+    }
+    return 1;
+}
+
+static void wake(rt_bus_sub_t *sub)
+{
+    if (sub->wake)
+        sub->wake(sub->wake_arg);
+    else
+        wake_sleeper(sub);
+}
+
 unsigned rt_bus_publish(rt_bus_t *bus, rt_event_t *ev)
 {
-    unsigned mask = 1u << ev->type, overflowed = 0;
-    atomic_fetch_add_explicit(&bus->published, 1, memory_order_relaxed);
+    return rt_bus_publish_batch(bus, &ev, 1);
+}
+
+unsigned rt_bus_publish_batch(rt_bus_t *bus, rt_event_t *const *evs, size_t n)
+{
+    unsigned overflowed = 0;
+    atomic_fetch_add_explicit(&bus->published, n, memory_order_relaxed);
     for (unsigned i = 0; i < bus->nsubs; i++) {
         rt_bus_sub_t *sub = bus->subs[i];
-        if (!(sub->type_mask & mask)) continue;
-        rt_event_ref(ev);
-        TSAN_RELEASE(ev);
-        if (!ck_ring_enqueue_mpmc(&sub->ring, sub->buf, ev)) {
-            rt_event_unref(ev);
-            atomic_fetch_add_explicit(&sub->overflows, 1, memory_order_relaxed);
-            atomic_store_explicit(&sub->need_recovery, 1, memory_order_release);
-            overflowed++;
-        } else {
-            atomic_fetch_add_explicit(&sub->enqueued, 1, memory_order_relaxed);
-        }
-        /* Wake even on overflow: the consumer must learn it has to recover. */
-        if (sub->wake)
-            sub->wake(sub->wake_arg);
-        else
-            wake_sleeper(sub);
+        int woke = 0;
+        for (size_t j = 0; j < n; j++) woke |= enqueue_one(sub, evs[j], &overflowed);
+        /* Woken on overflow too: the consumer must learn it has to recover. */
+        if (woke) wake(sub);
     }
     return overflowed;
 }

@@ -67,6 +67,11 @@ rt_bus_sub_t *rt_bus_subscribe(rt_bus_t *bus, const char *name, unsigned capacit
  * Never blocks. Returns how many rings overflowed. */
 unsigned rt_bus_publish(rt_bus_t *bus, rt_event_t *ev);
 
+/* Like rt_bus_publish for n events in order, waking each consumer once for the
+ * whole batch instead of once per event (a producer that receives events in
+ * bursts, like the listener, uses this). Returns how many enqueues overflowed. */
+unsigned rt_bus_publish_batch(rt_bus_t *bus, rt_event_t *const *evs, size_t n);
+
 /* Moves up to max events into out; the caller owns one reference to each. */
 size_t rt_bus_drain(rt_bus_sub_t *sub, rt_event_t **out, size_t max);
 

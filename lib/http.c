@@ -458,13 +458,14 @@ static int hex_value(unsigned char c)
     return -1;
 }
 
-/* Decodes the byte at s[*i] (advancing *i): '+' is a space, %XX a byte.
- * Returns the byte, or -1 if malformed. %00 counts as malformed: values end
- * up in C strings, where an embedded NUL would silently cut them short. */
-static int decode_one(const char *s, size_t n, size_t *i)
+/* Decodes the byte at s[*i] (advancing *i): %XX is a byte, and '+' a space
+ * in a query (plus_is_space). Returns the byte, or -1 if malformed. %00
+ * counts as malformed: values end up in C strings, where an embedded NUL
+ * would silently cut them short. */
+static int decode_one(const char *s, size_t n, size_t *i, int plus_is_space)
 {
     unsigned char c = (unsigned char)s[*i];
-    if (c == '+') {
+    if (c == '+' && plus_is_space) {
         (*i)++;
         return ' ';
     }
@@ -485,7 +486,7 @@ static int key_equals(const char *s, size_t n, const char *key)
 {
     size_t i = 0, k = 0;
     while (i < n) {
-        int c = decode_one(s, n, &i);
+        int c = decode_one(s, n, &i, 1);
         if (c < 0 || key[k] == '\0' || (unsigned char)key[k] != c) return 0;
         k++;
     }
@@ -513,7 +514,7 @@ int rt_http_query_get(const char *query, size_t qlen, const char *key, int index
         size_t vlen = (size_t)(pair + plen - v);
         size_t i = 0, o = 0;
         while (i < vlen) {
-            int c = decode_one(v, vlen, &i);
+            int c = decode_one(v, vlen, &i, 1);
             if (c < 0) return -2;
             if (o + 1 >= cap) return -2;
             out[o++] = (char)c;
@@ -523,6 +524,19 @@ int rt_http_query_get(const char *query, size_t qlen, const char *key, int index
         return (int)o;
     }
     return -1;
+}
+
+int rt_http_path_decode(const char *s, size_t len, char *out, size_t cap)
+{
+    size_t i = 0, o = 0;
+    while (i < len) {
+        int c = decode_one(s, len, &i, 0);
+        if (c < 0 || o + 1 >= cap) return -2;
+        out[o++] = (char)c;
+    }
+    if (o >= cap) return -2;
+    out[o] = '\0';
+    return (int)o;
 }
 
 /* ---- responses ----------------------------------------------------------------- */

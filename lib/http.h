@@ -121,6 +121,12 @@ const char *rt_http_req_query(const rt_http_req_t *r, size_t *len);
 int rt_http_query_get(const char *query, size_t qlen, const char *key, int index, char *out,
                       size_t cap);
 
+/* Percent-decodes len bytes of a path (or a path segment) into out,
+ * NUL-terminated; '+' stays '+'. Returns the length, or -2 if it does not fit
+ * or is malformed (bad %XX, or %00). Decoded '/' and ".." are the caller's to
+ * judge. Added for path segments such as /sse/intents/<id>. */
+int rt_http_path_decode(const char *s, size_t len, char *out, size_t cap);
+
 /* "OK", "Not Found", ...; "Unknown" for others. */
 const char *rt_http_status_text(int status);
 

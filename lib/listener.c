@@ -64,6 +64,11 @@ struct rt_listener {
     uint64_t marker_counter;
     uint64_t next_refresh_ns;
 
+    /* Events parsed but not yet on the bus: a burst of notifications is
+     * published as one batch, with one wake-up per consumer. */
+    rt_event_t *batch[256];
+    size_t nbatch;
+
     uint64_t invalid_log_window_ns;
     unsigned invalid_logged;
 
@@ -207,15 +212,23 @@ static int exec_cmd(rt_listener_t *l, const char *sql)
     return ok ? 0 : -1;
 }
 
+static void flush_batch(rt_listener_t *l)
+{
+    if (!l->nbatch) return;
+    rt_bus_publish_batch(l->bus, l->batch, l->nbatch);
+    for (size_t i = 0; i < l->nbatch; i++) rt_event_unref(l->batch[i]);
+    l->nbatch = 0;
+}
+
 static void publish(rt_listener_t *l, rt_event_t *ev, int replayed)
 {
-    rt_bus_publish(l->bus, ev);
+    if (l->nbatch == sizeof l->batch / sizeof l->batch[0]) flush_batch(l);
+    l->batch[l->nbatch++] = ev;
     atomic_fetch_add_explicit(&l->stats.published, 1, memory_order_relaxed);
     if (replayed) atomic_fetch_add_explicit(&l->stats.replayed, 1, memory_order_relaxed);
     if (ev->seq > atomic_load_explicit(&l->stats.last_seq, memory_order_relaxed))
         atomic_store_explicit(&l->stats.last_seq, ev->seq, memory_order_relaxed);
     atomic_store_explicit(&l->stats.last_event_ns, ev->recv_ns, memory_order_relaxed);
-    rt_event_unref(ev);
 }
 
 static void note_invalid(rt_listener_t *l, const char *channel, int64_t seq, const char *why)
@@ -422,6 +435,7 @@ static int sync_journal(rt_listener_t *l, int replay)
                 published++;
             }
             PQclear(rows);
+            flush_batch(l);
         }
         free(missing);
         if (n < FETCH_BATCH) break;
@@ -523,6 +537,7 @@ static void drain_notifications(rt_listener_t *l)
         }
         PQfreemem(n);
     }
+    flush_batch(l);
 }
 
 static void *listener_main(void *arg)
@@ -577,6 +592,7 @@ static void *listener_main(void *arg)
             l->next_refresh_ns = rt_mono_ns() + (uint64_t)l->refresh_ms * 1000000u;
         }
     }
+    flush_batch(l);
     disconnect(l, NULL);
     return NULL;
 }

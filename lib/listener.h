@@ -38,7 +38,9 @@ typedef struct rt_listener_stats {
     atomic_int connected;              /* 1 while LISTENing */
     atomic_uint_fast64_t notifications; /* received from the server */
     atomic_uint_fast64_t published;    /* events put on the bus (live + replayed) */
-    atomic_uint_fast64_t replayed;     /* published from the journal after a reconnect */
+    atomic_uint_fast64_t replayed;     /* published from the journal: after a reconnect, or
+                                        * by a periodic refresh that saw a row before its
+                                        * notification arrived (which is then skipped) */
     atomic_uint_fast64_t duplicates;   /* notifications skipped as already published */
     atomic_uint_fast64_t invalid;      /* payloads skipped: bad JSON or missing fields */
     atomic_uint_fast64_t by_ref;       /* oversize payloads fetched from the journal */

@@ -62,12 +62,17 @@ static void on_housekeeping(uv_timer_t *t)
 {
     serve_ctx_t *s = t->data;
     rt_listener_stats_t *st = rt_listener_stats(s->listener);
+    rt_fanout_stats_t fs;
+    rt_fanout_stats(s->fanout, &fs);
     rt_info(COMP,
-            "listener %s: %" PRIuFAST64 " published (%" PRIuFAST64 " replayed), %" PRIuFAST64
-            " invalid, %" PRIuFAST64 " reconnects",
+            "listener %s: %" PRIuFAST64 " published (%" PRIuFAST64 " from the journal), %" PRIuFAST64
+            " invalid, %" PRIuFAST64 " reconnects; clients: %ld ws, %ld sse; %lu events sent, "
+            "%lu slow disconnects",
             atomic_load(&st->connected) ? "connected" : "DISCONNECTED",
             (uint_fast64_t)atomic_load(&st->published), (uint_fast64_t)atomic_load(&st->replayed),
-            (uint_fast64_t)atomic_load(&st->invalid), (uint_fast64_t)atomic_load(&st->reconnects));
+            (uint_fast64_t)atomic_load(&st->invalid), (uint_fast64_t)atomic_load(&st->reconnects),
+            fs.active[RT_TRANSPORT_WS], fs.active[RT_TRANSPORT_SSE], fs.events_sent,
+            fs.slow_disconnects);
     if (!s->prune_running) {
         s->prune_running = 1;
         s->prune_work.data = s;

@@ -189,6 +189,12 @@ if ! kill -0 "$serve_pid" 2>/dev/null; then
     exit 1
 fi
 say "rtbridge serve running (pid $serve_pid), log: $work/serve.log (removed on exit)"
+listen=${RTBRIDGE_LISTEN:-0.0.0.0:8080}
+port=${listen##*:}
+say "live streams on port $port, for example:"
+say "    curl -N http://127.0.0.1:$port/api/v2/events/stream"
+say "    curl -N http://127.0.0.1:$port/events/audit-logs"
+say "    websocket: ws://127.0.0.1:$port/ws/intents    health: http://127.0.0.1:$port/health/realtime"
 
 # The tail runs in the background too, so a TERM to this script is handled
 # at once (bash runs traps only between foreground commands, but `wait`

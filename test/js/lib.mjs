@@ -85,8 +85,10 @@ export async function startServer(dbUrl, args = [], env = {}) {
 }
 
 // A WebSocket client (npm ws) that records every message it receives.
+// options.idsOnly: record only {type, id} of events (cheap, for volume tests).
 export function wsClient(url, options = {}) {
-  const ws = new WebSocket(url, options);
+  const { idsOnly, ...wsOptions } = options;
+  const ws = new WebSocket(url, wsOptions);
   const c = {
     ws,
     messages: [],
@@ -105,7 +107,16 @@ export function wsClient(url, options = {}) {
     c.closeReason = reason.toString();
     resolve(code);
   }));
-  ws.on('message', (data) => { c.messages.push(JSON.parse(data.toString())); });
+  if (idsOnly) {
+    // For volume tests: keep only each event's id, read from the fixed
+    // message prefix, instead of parsing kilobytes of JSON per message.
+    ws.on('message', (data) => {
+      const m = /^\{"type":"([a-z_]+)","id":(\d+),/.exec(data.toString('latin1', 0, 64));
+      c.messages.push(m ? { type: m[1], id: Number(m[2]), data: true } : JSON.parse(data.toString()));
+    });
+  } else {
+    ws.on('message', (data) => { c.messages.push(JSON.parse(data.toString())); });
+  }
   ws.on('error', () => {});
   return c;
 }

@@ -141,6 +141,45 @@ static void test_wake_callback_per_publish(void **state)
     rt_bus_free(bus);
 }
 
+static void test_batch_wakes_once_and_keeps_order(void **state)
+{
+    (void)state;
+    rt_bus_t *bus = rt_bus_new();
+    rt_bus_sub_t *all = rt_bus_subscribe(bus, "all", 8, RT_BUS_ALL_TYPES, count_wake, NULL);
+    rt_bus_sub_t *audit = rt_bus_subscribe(bus, "audit", 64, 1u << RT_EV_AUDIT_LOG, count_wake, NULL);
+    rt_event_t *evs[10];
+    for (int i = 0; i < 10; i++)
+        evs[i] = mk(i + 1, i % 2 ? RT_EV_AUDIT_LOG : RT_EV_INTENT_UPDATE);
+    wakes = 0;
+    /* ring "all" holds 7: three overflow */
+    assert_int_equal(rt_bus_publish_batch(bus, evs, 10), 3);
+    assert_int_equal(wakes, 2); /* one per ring, not one per event */
+    assert_int_equal(atomic_load(&all->overflows), 3);
+    assert_int_equal(rt_bus_take_recovery(all), 1);
+    rt_event_t *out[16];
+    size_t n = rt_bus_drain(all, out, 16);
+    assert_int_equal(n, 7);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(out[i]->seq, (int64_t)i + 1);
+        rt_event_unref(out[i]);
+    }
+    n = rt_bus_drain(audit, out, 16);
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(out[i]->seq, 2 * (int64_t)i + 2);
+        rt_event_unref(out[i]);
+    }
+    /* A batch with nothing for a ring does not wake it. */
+    wakes = 0;
+    rt_bus_publish_batch(bus, evs, 1); /* an intent: "audit" is not woken */
+    assert_int_equal(wakes, 1);
+    rt_bus_free(bus);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(atomic_load(&evs[i]->refs), 1);
+        rt_event_unref(evs[i]);
+    }
+}
+
 static void test_wait_timeout_and_kick(void **state)
 {
     (void)state;
@@ -304,6 +343,7 @@ int main(void)
         cmocka_unit_test(test_overflow_counted_and_flagged),
         cmocka_unit_test(test_type_mask),
         cmocka_unit_test(test_wake_callback_per_publish),
+        cmocka_unit_test(test_batch_wakes_once_and_keeps_order),
         cmocka_unit_test(test_wait_timeout_and_kick),
         cmocka_unit_test(test_mpmc_exactly_once),
         cmocka_unit_test(test_shared_ring_two_consumers),

@@ -752,6 +752,40 @@ static void test_query_get(void **state)
     assert_int_equal(qget("a", "a", 0, v, 0), -2);
 }
 
+static void test_path_decode(void **state)
+{
+    (void)state;
+    char out[16];
+    struct {
+        const char *in;
+        int ret;
+        const char *out;
+    } cases[] = {
+        {"abc", 3, "abc"},
+        {"", 0, ""},
+        {"a%20b", 3, "a b"},
+        {"a+b", 3, "a+b"},
+        {"%2Fx%2f", 3, "/x/"},
+        {"%e2%82%AC", 3, "\xe2\x82\xac"},
+        {"%G1", -2, NULL},
+        {"%1", -2, NULL},
+        {"x%", -2, NULL},
+        {"a%00b", -2, NULL},
+        {"0123456789abcde", 15, "0123456789abcde"}, /* exactly fits with its NUL */
+        {"0123456789abcdef", -2, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int ret = rt_http_path_decode(cases[i].in, strlen(cases[i].in), out, sizeof out);
+        if (ret != cases[i].ret)
+            fail_msg("case %zu (%s): got %d, want %d", i, cases[i].in, ret, cases[i].ret);
+        if (cases[i].out) assert_string_equal(out, cases[i].out);
+    }
+    /* Only len bytes are read. */
+    assert_int_equal(rt_http_path_decode("ab%41", 2, out, sizeof out), 2);
+    assert_string_equal(out, "ab");
+    assert_int_equal(rt_http_path_decode("", 0, out, 0), -2);
+}
+
 /* ---- headers, responses -------------------------------------------------------- */
 
 static void test_has_token(void **state)
@@ -879,16 +913,27 @@ static void test_status_text(void **state)
 
 int main(void)
 {
+    /* clang-format off */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_simple_get),         cmocka_unit_test(test_header_lookup),
-        cmocka_unit_test(test_split_everywhere),   cmocka_unit_test(test_pipelined),
-        cmocka_unit_test(test_upgrade_with_frame), cmocka_unit_test(test_body_limits),
-        cmocka_unit_test(test_header_limit_exact), cmocka_unit_test(test_too_many_headers),
-        cmocka_unit_test(test_malformed),          cmocka_unit_test(test_keep_alive_flags),
-        cmocka_unit_test(test_reuse_100),          cmocka_unit_test(test_trailers_and_extensions),
-        cmocka_unit_test(test_path_and_query),     cmocka_unit_test(test_query_get),
-        cmocka_unit_test(test_has_token),          cmocka_unit_test(test_format_response),
+        cmocka_unit_test(test_simple_get),
+        cmocka_unit_test(test_header_lookup),
+        cmocka_unit_test(test_split_everywhere),
+        cmocka_unit_test(test_pipelined),
+        cmocka_unit_test(test_upgrade_with_frame),
+        cmocka_unit_test(test_body_limits),
+        cmocka_unit_test(test_header_limit_exact),
+        cmocka_unit_test(test_too_many_headers),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_keep_alive_flags),
+        cmocka_unit_test(test_reuse_100),
+        cmocka_unit_test(test_trailers_and_extensions),
+        cmocka_unit_test(test_path_and_query),
+        cmocka_unit_test(test_query_get),
+        cmocka_unit_test(test_path_decode),
+        cmocka_unit_test(test_has_token),
+        cmocka_unit_test(test_format_response),
         cmocka_unit_test(test_status_text),
     };
+    /* clang-format on */
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
