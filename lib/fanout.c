@@ -130,6 +130,8 @@ struct conn {
     int writing;
     size_t inflight;
     int close_after_flush;
+    int shut; /* our side is shut down (FIN sent): waiting for the peer's */
+    uv_shutdown_t sreq;
     int dirty;
 
     /* resume */
@@ -211,6 +213,9 @@ static uint64_t now_ms(void)
 static const char *g_conninfo;
 
 static void conn_close(conn_t *c);
+static void conn_linger(conn_t *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_flush(conn_t *c);
 static void ws_take_output(conn_t *c);
 
@@ -252,10 +257,12 @@ int rt_parse_listen(const char *s, struct sockaddr_storage *out)
     return -EINVAL;
 }
 
+/* Browsers always send Origin on a WebSocket upgrade; a request without one
+ * comes from a non-browser client (a service, the load generator), which an
+ * origin check cannot protect against anyway, so it is let through. */
 static int origin_allowed(rt_fanout_t *f, const char *origin)
 {
-    if (f->norigins == 0) return 1;
-    if (!origin) return 0;
+    if (f->norigins == 0 || !origin) return 1;
     for (int i = 0; i < f->norigins; i++)
         if (strcasecmp(origin, f->origins[i]) == 0) return 1;
     return 0;
@@ -390,7 +397,7 @@ static void on_write(uv_write_t *req, int status)
     if (c->qcount)
         conn_flush(c);
     else if (c->close_after_flush)
-        conn_close(c);
+        conn_linger(c);
 }
 
 static const char *item_bytes(const conn_t *c, const qitem_t *it)
@@ -454,7 +461,7 @@ static void conn_flush(conn_t *c)
         }
         return;
     }
-    if (c->close_after_flush) conn_close(c);
+    if (c->close_after_flush) conn_linger(c);
 }
 
 /* ---- connection lifecycle --------------------------------------------------------- */
@@ -509,16 +516,37 @@ static void conn_close(conn_t *c)
     if (l->stopping && l->nconns == 0) uv_async_send(&l->stop);
 }
 
-/* Stops reading and closes once the queue is written (or CLOSE_GRACE_MS). */
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    /* On uv_close this runs first with UV_ECANCELED, the conn still valid. */
+    if (status < 0 && status != UV_ECANCELED) conn_close(req->data);
+}
+
+/* The queue is written: send FIN and wait for the peer to close its side
+ * (on_read sees EOF), or CLOSE_GRACE_MS. Closing at once while the peer's
+ * bytes sit unread in our receive buffer makes the kernel send RST, and an
+ * RST can make the peer lose the close frame or error response just sent
+ * (a WebSocket client then sees 1006 instead of our code). */
+static void conn_linger(conn_t *c)
+{
+    if (c->shut || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+    c->shut = 1;
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) conn_close(c);
+}
+
+/* Closes once the queue is written, the peer has closed too, or
+ * CLOSE_GRACE_MS has passed. Input from here on is read and discarded. */
 static void conn_close_after_flush(conn_t *c)
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    /* Refused connections were never reading: read now, to drain. */
+    if (c->state != C_CLOSING) (void)uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     c->state = C_CLOSING;
     c->close_after_flush = 1;
     c->since_ms = now_ms();
     if (c->qcount == 0)
-        conn_close(c);
+        conn_linger(c);
     else
         mark_dirty(c);
 }
@@ -949,6 +977,13 @@ static void handle_health(conn_t *c, const char *path, int keep_alive)
         "http", (json_int_t)st.active[RT_TRANSPORT_HTTP], "loops", loops,
         "slow_consumer_disconnects", (json_int_t)st.slow_disconnects, "resumes",
         (json_int_t)st.resumes, "resyncs", (json_int_t)st.resyncs);
+    json_t *refused = json_object();
+    for (int r = 0; r < RT_REFUSE__COUNT; r++)
+        json_object_set_new(refused, rt_refuse_reason_name((rt_refuse_reason_t)r),
+                            json_integer((json_int_t)st.refused[r]));
+    json_object_set_new(j, "refused", refused);
+    json_object_set_new(j, "ping_timeouts", json_integer((json_int_t)st.ping_timeouts));
+    json_object_set_new(j, "ring_overflows", json_integer((json_int_t)st.ring_overflows));
     char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     respond(c, connected ? 200 : 503, body, "Cache-Control: no-store\r\n", keep_alive);
@@ -1094,18 +1129,14 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
     c->route = route;
     if (route == ROUTE_SSE_INTENT) {
         c->type_mask = 1u << RT_EV_INTENT_UPDATE;
-        char *decoded = malloc(strlen(intent_id) + 1);
+        size_t idlen = strlen(intent_id);
+        char *decoded = malloc(idlen + 1);
         if (!decoded) abort();
-        /* The id is a path segment; reuse the query decoder on "k=<id>". */
-        char *tmp;
-        if (asprintf(&tmp, "k=%s", intent_id) < 0) abort();
-        if (rt_http_query_get(tmp, strlen(tmp), "k", 0, decoded, strlen(intent_id) + 1) < 0) {
-            free(tmp);
+        if (rt_http_path_decode(intent_id, idlen, decoded, idlen + 1) <= 0) {
             free(decoded);
             respond_error(c, 400, "bad intent id", NULL, RT_REFUSE_BAD_REQUEST);
             return;
         }
-        free(tmp);
         c->key = decoded;
     } else if (route == ROUTE_SSE_AUDIT) {
         c->type_mask = 1u << RT_EV_AUDIT_LOG;

@@ -67,12 +67,22 @@ export async function startServer(dbUrl, args = [], env = {}) {
     log: () => log,
     url: (path) => `http://127.0.0.1:${server.port}${path}`,
     wsUrl: (path) => `ws://127.0.0.1:${server.port}${path}`,
-    // Sends sig and resolves with the exit code.
+    // Sends sig and resolves with the exit code. A server that has not
+    // exited 15 s later is killed and reported as 'killed' (never 0), so a
+    // hang fails the test instead of blocking the run.
     async stop(sig = 'SIGTERM') {
       if (proc.exitCode !== null) return proc.exitCode;
       proc.kill(sig);
-      const [code] = await exited;
-      return code;
+      let timer;
+      const late = new Promise((resolve) => { timer = setTimeout(() => resolve('late'), 15000); });
+      const r = await Promise.race([exited, late]);
+      clearTimeout(timer);
+      if (r === 'late') {
+        proc.kill('SIGKILL');
+        await exited;
+        return 'killed';
+      }
+      return r[0];
     },
   };
   await waitUntil(() => {
