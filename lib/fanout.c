@@ -23,7 +23,10 @@
  *
  * Resume: from the loop's window when the id is there (exact, in delivery
  * order), else from rt_journal on the libuv thread pool while live events for
- * that client are held back, then merged without duplicates.
+ * that client are held back. The replay is fed to the queue only as the
+ * socket drains (below half of --client-max-queued), so resuming 20 000
+ * events is paced by the client, not taken for a slow consumer; the held live
+ * events follow without duplicates.
  */
 #include "fanout.h"
 
@@ -137,8 +140,14 @@ struct conn {
     /* resume */
     int64_t pending_resume; /* WS with auth pending: resume once authed; -1 none */
     resume_req_t *resume;
-    rt_event_t **held;
+    rt_event_t **held;   /* live events that arrived during a resume */
     size_t nheld, capheld;
+    /* A replay in progress: events (one reference each) fed to the queue as
+     * it drains, so a long resume is paced by the socket instead of landing
+     * in the queue at once (and tripping the slow-consumer bound). */
+    rt_event_t **rp;
+    size_t rp_n, rp_pos;
+    rt_seqset_t rp_seqs; /* seqs of rp, to skip held events replay covered */
 
     /* inbound rate limit (token bucket) */
     double tokens;
@@ -213,6 +222,7 @@ static uint64_t now_ms(void)
 static const char *g_conninfo;
 
 static void conn_close(conn_t *c);
+static int matches(const conn_t *c, const rt_event_t *ev);
 static void conn_linger(conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -382,6 +392,53 @@ static void q_pop(conn_t *c, size_t n)
     }
 }
 
+/* ---- paced replay ------------------------------------------------------------------ */
+
+static void replay_free(conn_t *c)
+{
+    if (!c->rp) return;
+    for (size_t i = c->rp_pos; i < c->rp_n; i++) rt_event_unref(c->rp[i]);
+    free(c->rp);
+    c->rp = NULL;
+    c->rp_n = c->rp_pos = 0;
+    rt_seqset_close(&c->rp_seqs);
+}
+
+/* Starts replaying evs (n events, one reference each, taken over; NULL for
+ * none). rp stays non-NULL while a replay runs, even an empty one after a
+ * resync: that is what holds live events back until the pump releases them. */
+static void replay_start(conn_t *c, rt_event_t **evs, size_t n)
+{
+    c->rp = evs ? evs : malloc(sizeof *c->rp);
+    if (!c->rp) abort();
+    c->rp_n = evs ? n : 0;
+    c->rp_pos = 0;
+    rt_seqset_init(&c->rp_seqs);
+    for (size_t i = 0; i < c->rp_n; i++) rt_seqset_add(&c->rp_seqs, evs[i]->seq);
+    mark_dirty(c);
+}
+
+/* Feeds the replay into the queue while less than half the bound is queued;
+ * at its end, sends the live events held meanwhile (those the replay did not
+ * already cover) and goes live. */
+static void replay_pump(conn_t *c)
+{
+    if (!c->rp || c->state == C_CLOSING) return;
+    size_t half = (size_t)c->loop->f->cfg->client_max_queued / 2;
+    while (c->rp_pos < c->rp_n && c->queued_bytes < half) {
+        rt_event_t *ev = c->rp[c->rp_pos++];
+        if (matches(c, ev)) send_event(c, ev);
+        rt_event_unref(ev);
+    }
+    if (c->rp_pos < c->rp_n) return;
+    for (size_t i = 0; i < c->nheld; i++) {
+        if (!rt_seqset_contains(&c->rp_seqs, c->held[i]->seq)) send_event(c, c->held[i]);
+        rt_event_unref(c->held[i]);
+    }
+    c->nheld = 0;
+    replay_free(c);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     conn_t *c = req->data;
@@ -394,7 +451,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     c->last_write_ms = now_ms();
-    if (c->qcount)
+    if (c->qcount || c->rp)
         conn_flush(c);
     else if (c->close_after_flush)
         conn_linger(c);
@@ -428,6 +485,7 @@ static void conn_flush(conn_t *c)
 {
     if (c->writing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
     loop_t *l = c->loop;
+    replay_pump(c);
     while (c->qcount) {
         size_t total;
         size_t n = fill_iov(c, &total);
@@ -447,7 +505,10 @@ static void conn_flush(conn_t *c)
         size_t head_off = done == 0 ? c->qoff : 0;
         q_pop(c, done);
         c->qoff = head_off + written;
-        if ((size_t)w == total) continue;
+        if ((size_t)w == total) {
+            replay_pump(c);
+            continue;
+        }
         /* The socket is full: the rest goes with a callback, and the queue is
          * picked up again when it completes. */
         n = fill_iov(c, &total);
@@ -476,6 +537,7 @@ static void free_conn(conn_t *c)
     free(c->q);
     for (size_t i = 0; i < c->nheld; i++) rt_event_unref(c->held[i]);
     free(c->held);
+    replay_free(c);
     if (c->req) {
         rt_http_req_close(c->req);
         free(c->req);
@@ -672,29 +734,20 @@ static void resume_done(uv_work_t *w, int status)
     conn_t *c = r->conn;
     if (c && status == 0) {
         c->resume = NULL;
-        if (r->failed) {
-            send_resync(c, r->after, "journal unavailable");
-        } else if (r->pruned_through > r->after) {
-            send_resync(c, r->after, "past retention");
-        } else if (r->n > RESUME_LIMIT) {
-            send_resync(c, r->after, "too far behind");
+        const char *why = r->failed                        ? "journal unavailable"
+                          : r->pruned_through > r->after   ? "past retention"
+                          : r->n > RESUME_LIMIT            ? "too far behind"
+                                                           : NULL;
+        if (why) {
+            /* The client reloads its state and goes on from the live events
+             * held meanwhile. */
+            send_resync(c, r->after, why);
+            replay_start(c, NULL, 0);
         } else {
-            rt_seqset_t sent;
-            rt_seqset_init(&sent);
-            for (size_t i = 0; i < r->n; i++) {
-                rt_seqset_add(&sent, r->evs[i]->seq);
-                if (matches(c, r->evs[i])) send_event(c, r->evs[i]);
-            }
-            for (size_t i = 0; i < c->nheld; i++)
-                if (!rt_seqset_contains(&sent, c->held[i]->seq)) send_event(c, c->held[i]);
-            rt_seqset_close(&sent);
+            replay_start(c, r->evs, r->n); /* takes the references */
+            r->evs = NULL;
+            r->n = 0;
         }
-        /* On resync the held live events still follow: the client reloads its
-         * state and goes on from them. */
-        if (r->failed || r->pruned_through > r->after || r->n > RESUME_LIMIT)
-            for (size_t i = 0; i < c->nheld; i++) send_event(c, c->held[i]);
-        for (size_t i = 0; i < c->nheld; i++) rt_event_unref(c->held[i]);
-        c->nheld = 0;
         flush_dirty(c->loop);
     }
     for (size_t i = 0; i < r->n; i++) rt_event_unref(r->evs[i]);
@@ -706,13 +759,14 @@ static void start_resume(conn_t *c, int64_t after)
 {
     loop_t *l = c->loop;
     STAT_ADD(l, resumes, 1);
-    if (c->resume) return; /* one at a time */
+    if (c->resume || c->rp) return; /* one at a time */
     long pos = rt_window_find(&l->window, after);
     if (pos >= 0) {
-        for (size_t i = (size_t)pos + 1; i < l->window.count; i++) {
-            rt_event_t *ev = rt_window_at(&l->window, i);
-            if (matches(c, ev)) send_event(c, ev);
-        }
+        size_t n = l->window.count - (size_t)pos - 1;
+        rt_event_t **evs = malloc((n ? n : 1) * sizeof *evs);
+        if (!evs) abort();
+        for (size_t i = 0; i < n; i++) evs[i] = rt_event_ref(rt_window_at(&l->window, (size_t)pos + 1 + i));
+        replay_start(c, evs, n);
         return;
     }
     resume_req_t *r = calloc(1, sizeof *r);
@@ -1363,7 +1417,7 @@ static void on_wake(uv_async_t *h)
             rt_window_push(&l->window, ev);
             for (conn_t *c = l->conns; c; c = c->next) {
                 if ((c->state != C_WS && c->state != C_SSE) || !matches(c, ev)) continue;
-                if (c->resume) {
+                if (c->resume || c->rp) {
                     if (c->nheld == c->capheld) {
                         c->capheld = c->capheld ? c->capheld * 2 : 64;
                         c->held = realloc(c->held, c->capheld * sizeof *c->held);
