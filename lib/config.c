@@ -100,10 +100,13 @@ typedef struct {
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const log_formats[] = {"text", "json", NULL};
 static const char *const tail_formats[] = {"json", "text", NULL};
+static const char *const etl_modes[] = {"event", "polling", "hybrid", NULL};
 _Static_assert(RT_LOG_DEBUG == 0 && RT_LOG_INFO == 1 && RT_LOG_WARN == 2 && RT_LOG_ERROR == 3,
                "log_levels[] follows rt_log_level_t");
 _Static_assert(RT_LOG_TEXT == 0 && RT_LOG_JSON == 1, "log_formats[] follows rt_log_format_t");
 _Static_assert(RT_TAIL_JSON == 0 && RT_TAIL_TEXT == 1, "tail_formats[] follows rt_tail_format_t");
+_Static_assert(RT_ETL_MODE_EVENT == 0 && RT_ETL_MODE_POLLING == 1 && RT_ETL_MODE_HYBRID == 2,
+               "etl_modes[] follows rt_etl_mode_t");
 
 static const opt_t opts[] = {
     OPT_STRING("database-url", "DATABASE_URL", database_url, NULL, "URL",
@@ -155,6 +158,21 @@ static const opt_t opts[] = {
                  5 * MINUTE, "10s", "on SIGTERM, how long to let queued writes drain"),
     OPT_INT("client-msg-rate", "RTBRIDGE_CLIENT_MSG_RATE", client_msg_rate, 1, 100000, "20", 0,
             "messages per second a WebSocket client may send (burst: the same); past it: close 1008"),
+    OPT_BOOL("etl", "RTBRIDGE_ETL", etl, "on",
+             "serve: load audit logs into audit_logs_ts (--etl=off: not in this instance)"),
+    OPT_ENUM("etl-mode", "RTBRIDGE_ETL_MODE", etl_mode, etl_modes, "hybrid",
+             "what wakes the ETL: audit_log events, a poll every --etl-poll-interval, or both"),
+    OPT_INT("etl-batch-size", "RTBRIDGE_ETL_BATCH_SIZE", etl_batch_size, 1, 100000, "1000", 0,
+            "audit logs per load transaction (one COPY)"),
+    OPT_DURATION("etl-interval", "RTBRIDGE_ETL_INTERVAL", etl_interval_ms, 0, MINUTE, "200ms",
+                 "longest wait from an audit_log event to its load while fewer than "
+                 "--etl-batch-size are pending"),
+    OPT_DURATION("etl-poll-interval", "RTBRIDGE_ETL_POLL_INTERVAL", etl_poll_interval_ms,
+                 100 * MS, HOUR, "5s", "polling and hybrid modes: period of the journal check"),
+    OPT_DURATION("etl-retention", "RTBRIDGE_ETL_RETENTION", etl_retention_ms, DAY, 3650 * DAY,
+                 "90d", "daily partitions of audit_logs_ts wholly older than this are dropped"),
+    OPT_BOOL("once", "RTBRIDGE_ETL_ONCE", etl_once, "off",
+             "etl: load everything pending, print rows loaded and lag, and exit"),
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])

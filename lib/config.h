@@ -16,6 +16,9 @@
 
 typedef enum { RT_TAIL_JSON = 0, RT_TAIL_TEXT } rt_tail_format_t;
 
+/* How the audit-log ETL learns of new rows (lib/etl.h). */
+typedef enum { RT_ETL_MODE_EVENT = 0, RT_ETL_MODE_POLLING, RT_ETL_MODE_HYBRID } rt_etl_mode_t;
+
 typedef struct rt_config {
     char *database_url;      /* --database-url / DATABASE_URL; NULL if unset */
     char *channels;          /* --channels: comma-separated LISTEN channels */
@@ -43,6 +46,15 @@ typedef struct rt_config {
     int64_t header_timeout_ms;
     int64_t shutdown_timeout_ms;
     int64_t client_msg_rate;      /* inbound messages per second per connection */
+
+    /* audit-log ETL */
+    int etl;                      /* --etl: serve runs the ETL (bool) */
+    int etl_mode;                 /* rt_etl_mode_t */
+    int64_t etl_batch_size;       /* rows per load transaction */
+    int64_t etl_interval_ms;      /* longest wait from an event to its load */
+    int64_t etl_poll_interval_ms; /* polling/hybrid: period of the journal check */
+    int64_t etl_retention_ms;     /* daily partitions older than this are dropped */
+    int etl_once;                 /* --once (etl command): catch up, print, exit */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,

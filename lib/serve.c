@@ -2,10 +2,13 @@
  * The serve command. The main thread runs a libuv loop that only handles
  * signals and timers; everything that blocks (journal pruning) runs on the
  * libuv thread pool with its own connection, so the loop stays responsive.
+ * The audit-log ETL (--etl, on by default) is one more consumer of the bus
+ * with its own thread and connection.
  */
 #include "serve.h"
 
 #include "bus.h"
+#include "etl.h"
 #include "fanout.h"
 #include "journal.h"
 #include "listener.h"
@@ -34,6 +37,7 @@ typedef struct serve_ctx {
     rt_bus_t *bus;
     rt_listener_t *listener;
     rt_fanout_t *fanout;
+    rt_etl_t *etl; /* NULL with --etl=off */
     int stopping;
 } serve_ctx_t;
 
@@ -73,6 +77,20 @@ static void on_housekeeping(uv_timer_t *t)
             (uint_fast64_t)atomic_load(&st->invalid), (uint_fast64_t)atomic_load(&st->reconnects),
             fs.active[RT_TRANSPORT_WS], fs.active[RT_TRANSPORT_SSE], fs.events_sent,
             fs.slow_disconnects);
+    if (s->etl) {
+        rt_etl_stats_t *es = rt_etl_stats(s->etl);
+        rt_info(COMP,
+                "etl %s: %" PRIuFAST64 " rows loaded in %" PRIuFAST64 " batches (last %" PRIuFAST64
+                " us), %" PRIuFAST64 " bad payloads, lag %" PRIuFAST64 " ms, cursor %" PRIdFAST64,
+                !atomic_load(&es->connected) ? "DISCONNECTED"
+                : atomic_load(&es->leader)   ? "leader"
+                                             : "standby",
+                (uint_fast64_t)atomic_load(&es->rows_loaded),
+                (uint_fast64_t)atomic_load(&es->batches),
+                (uint_fast64_t)atomic_load(&es->last_batch_us),
+                (uint_fast64_t)atomic_load(&es->bad_payloads),
+                (uint_fast64_t)atomic_load(&es->lag_ms), (int_fast64_t)atomic_load(&es->cursor_seq));
+    }
     if (!s->prune_running) {
         s->prune_running = 1;
         s->prune_work.data = s;
@@ -139,7 +157,20 @@ int rt_serve_run(const rt_config_t *cfg)
         status = 2;
         goto out;
     }
+    if (cfg->etl) {
+        rt_etl_opts_t eo;
+        rt_etl_opts_from_config(&eo, cfg);
+        eo.bus = s.bus;
+        eo.ring_size = (unsigned)cfg->bus_ring_size;
+        s.etl = rt_etl_new(&eo);
+        if (!s.etl) {
+            rt_error(COMP, "cannot create the ETL: %s", strerror(errno));
+            status = 1;
+            goto out;
+        }
+    }
     int rc = rt_fanout_start(s.fanout);
+    if (rc == 0 && s.etl) rc = rt_etl_start(s.etl);
     if (rc == 0) rc = rt_listener_start(s.listener);
     if (rc < 0) {
         rt_error(COMP, "cannot start: %s", strerror(-rc));
@@ -154,6 +185,8 @@ int rt_serve_run(const rt_config_t *cfg)
     rt_fanout_shutdown(s.fanout);
 out:
     rt_listener_free(s.listener);
+    /* After the producer: its ring lives in the bus, freed last. */
+    rt_etl_free(s.etl);
     rt_fanout_free(s.fanout);
     rt_bus_free(s.bus);
     if (status != 0) {

@@ -3,6 +3,7 @@
  * that does work lives in lib/ where it can be tested.
  */
 #include "config.h"
+#include "etl.h"
 #include "log.h"
 #include "migrate.h"
 #include "serve.h"
@@ -23,6 +24,8 @@ static void usage(FILE *out)
                  "  serve     run the server: listener, bus, workers\n"
                  "  migrate   apply the schema in schema/ (idempotent)\n"
                  "  tail      print every event as it arrives, one line each\n"
+                 "  etl       run the audit-log ETL alone (--mode event|polling|hybrid,\n"
+                 "            --batch-size N, --once: load what is pending and exit)\n"
                  "  version   print the version\n"
                  "  help      this text\n\n"
                  "Flags (each also read from its environment variable):\n",
@@ -50,6 +53,29 @@ static int cmd_migrate(const rt_config_t *cfg)
     return 0;
 }
 
+/* `rtbridge etl` also takes the short spellings of its own flags: --mode and
+ * --batch-size mean --etl-mode and --etl-batch-size. Rewrites argv in place
+ * (the strings it points to stay valid until exit). */
+static void etl_aliases(int argc, char **argv)
+{
+    static const char *const alias[][2] = {{"--mode", "--etl-mode"},
+                                           {"--batch-size", "--etl-batch-size"}};
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) return;
+        for (size_t k = 0; k < sizeof alias / sizeof alias[0]; k++) {
+            size_t n = strlen(alias[k][0]);
+            if (strncmp(argv[i], alias[k][0], n) != 0) continue;
+            if (argv[i][n] == '\0') {
+                argv[i] = (char *)alias[k][1];
+            } else if (argv[i][n] == '=') {
+                char *s = NULL;
+                if (asprintf(&s, "%s%s", alias[k][1], argv[i] + n) < 0) abort();
+                argv[i] = s; /* lives until exit */
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "help";
@@ -65,12 +91,13 @@ int main(int argc, char **argv)
         return 0;
     }
     int needs_db = strcmp(cmd, "serve") == 0 || strcmp(cmd, "migrate") == 0 ||
-                   strcmp(cmd, "tail") == 0;
+                   strcmp(cmd, "tail") == 0 || strcmp(cmd, "etl") == 0;
     if (!needs_db) {
         fprintf(stderr, "rtbridge: unknown command '%s' (see rtbridge help)\n", cmd);
         return 2;
     }
 
+    if (strcmp(cmd, "etl") == 0) etl_aliases(argc - 2, argv + 2);
     rt_config_t cfg;
     char err[256];
     int rc = rt_config_parse(&cfg, argc - 2, argv + 2, rt_config_getenv, err, sizeof err);
@@ -95,6 +122,8 @@ int main(int argc, char **argv)
         status = cmd_migrate(&cfg);
     else if (strcmp(cmd, "tail") == 0)
         status = rt_tail_run(&cfg, stdout);
+    else if (strcmp(cmd, "etl") == 0)
+        status = rt_etl_cmd(&cfg, stdout);
     else
         status = rt_serve_run(&cfg);
     rt_config_free(&cfg);

@@ -99,7 +99,9 @@ static void assert_cfg_zero(const rt_config_t *cfg)
  * value and value2 differ, and at least value differs from the default, so
  * each test sees that the value was really taken. */
 
-typedef enum { K_STR, K_I64, K_INT } kind_t;
+/* K_BOOL: an int field whose flag takes no separate value ("--flag" alone
+ * means true, the value goes after "="). */
+typedef enum { K_STR, K_I64, K_INT, K_BOOL } kind_t;
 
 typedef struct {
     const char *flag; /* with "--" */
@@ -107,7 +109,7 @@ typedef struct {
     kind_t kind;
     size_t offset;
     const char *value, *value2;
-    int64_t want, want2; /* K_I64, K_INT */
+    int64_t want, want2; /* K_I64, K_INT, K_BOOL */
 } opt_case_t;
 
 #define OFF(f) offsetof(rt_config_t, f)
@@ -154,6 +156,17 @@ static const opt_case_t cases[] = {
      0, 60000},
     {"--client-msg-rate", "RTBRIDGE_CLIENT_MSG_RATE", K_I64, OFF(client_msg_rate), "5", "1000", 5,
      1000},
+    {"--etl", "RTBRIDGE_ETL", K_BOOL, OFF(etl), "off", "yes", 0, 1},
+    {"--etl-mode", "RTBRIDGE_ETL_MODE", K_INT, OFF(etl_mode), "polling", "event",
+     RT_ETL_MODE_POLLING, RT_ETL_MODE_EVENT},
+    {"--etl-batch-size", "RTBRIDGE_ETL_BATCH_SIZE", K_I64, OFF(etl_batch_size), "500", "100000",
+     500, 100000},
+    {"--etl-interval", "RTBRIDGE_ETL_INTERVAL", K_I64, OFF(etl_interval_ms), "1s", "0", 1000, 0},
+    {"--etl-poll-interval", "RTBRIDGE_ETL_POLL_INTERVAL", K_I64, OFF(etl_poll_interval_ms),
+     "250ms", "1h", 250, 3600000},
+    {"--etl-retention", "RTBRIDGE_ETL_RETENTION", K_I64, OFF(etl_retention_ms), "30d", "1d",
+     30 * 86400000LL, 86400000LL},
+    {"--once", "RTBRIDGE_ETL_ONCE", K_BOOL, OFF(etl_once), "true", "0", 1, 0},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -171,6 +184,7 @@ static void assert_case(const rt_config_t *cfg, const opt_case_t *c, int second)
         assert_int_equal(*(const int64_t *)p, second ? c->want2 : c->want);
         break;
     case K_INT:
+    case K_BOOL:
         assert_int_equal(*(const int *)p, second ? c->want2 : c->want);
         break;
     }
@@ -194,6 +208,13 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.reconnect_max_ms, 30000);
     assert_int_equal(cfg.journal_retention_ms, 24 * 3600 * 1000LL);
     assert_int_equal(cfg.tail_format, RT_TAIL_JSON);
+    assert_int_equal(cfg.etl, 1);
+    assert_int_equal(cfg.etl_mode, RT_ETL_MODE_HYBRID);
+    assert_int_equal(cfg.etl_batch_size, 1000);
+    assert_int_equal(cfg.etl_interval_ms, 200);
+    assert_int_equal(cfg.etl_poll_interval_ms, 5000);
+    assert_int_equal(cfg.etl_retention_ms, 90 * 86400000LL);
+    assert_int_equal(cfg.etl_once, 0);
     rt_config_free(&cfg);
 }
 
@@ -203,6 +224,18 @@ static void test_flags_separate(void **state)
     for (size_t i = 0; i < NCASES; i++) {
         rt_config_t cfg;
         char err[256];
+        if (cases[i].kind == K_BOOL) {
+            /* A boolean never takes the next argument: alone it means
+             * true, and a separate value is a stray argument. */
+            int rc = PARSE(&cfg, err, cases[i].flag);
+            if (rc != 0) print_error("%s: %s\n", cases[i].flag, err);
+            assert_int_equal(rc, 0);
+            assert_int_equal(*(const int *)((const char *)&cfg + cases[i].offset), 1);
+            rt_config_free(&cfg);
+            assert_int_equal(PARSE(&cfg, err, cases[i].flag, cases[i].value), -EINVAL);
+            assert_contains(err, "unexpected argument");
+            continue;
+        }
         for (int second = 0; second < 2; second++) {
             const char *v = second ? cases[i].value2 : cases[i].value;
             int rc = PARSE(&cfg, err, cases[i].flag, v);
@@ -256,7 +289,14 @@ static void test_flag_overrides_env(void **state)
         char err[256];
         reset_env(state);
         env_set(cases[i].env, cases[i].value2);
-        int rc = PARSE(&cfg, err, cases[i].flag, cases[i].value);
+        int rc;
+        if (cases[i].kind == K_BOOL) {
+            char arg[128];
+            snprintf(arg, sizeof arg, "%s=%s", cases[i].flag, cases[i].value);
+            rc = PARSE(&cfg, err, arg);
+        } else {
+            rc = PARSE(&cfg, err, cases[i].flag, cases[i].value);
+        }
         if (rc != 0) print_error("%s: %s\n", cases[i].flag, err);
         assert_int_equal(rc, 0);
         assert_case(&cfg, &cases[i], 0);
@@ -308,6 +348,9 @@ static void test_every_enum_value(void **state)
         {"--log-format", "json", OFF(log_format), RT_LOG_JSON},
         {"--format", "json", OFF(tail_format), RT_TAIL_JSON},
         {"--format", "text", OFF(tail_format), RT_TAIL_TEXT},
+        {"--etl-mode", "event", OFF(etl_mode), RT_ETL_MODE_EVENT},
+        {"--etl-mode", "polling", OFF(etl_mode), RT_ETL_MODE_POLLING},
+        {"--etl-mode", "hybrid", OFF(etl_mode), RT_ETL_MODE_HYBRID},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rt_config_t cfg;
@@ -453,6 +496,15 @@ static const bad_case_t bad[] = {
     {{"--log-format", "JSON"}, {INV("--log-format", "JSON")}},
     {{"--format", "xml"}, {INV("--format", "xml"), "json|text"}},
     {{"--format="}, {INV("--format", "")}},
+    {{"--etl-mode", "both"}, {INV("--etl-mode", "both"), "event|polling|hybrid"}},
+    /* ETL numbers and booleans */
+    {{"--etl-batch-size", "0"}, {INV("--etl-batch-size", "0"), "between 1 and 100000"}},
+    {{"--etl-batch-size", "100001"}, {INV("--etl-batch-size", "100001")}},
+    {{"--etl-interval", "2m"}, {INV("--etl-interval", "2m"), DUR "0 and 1m"}},
+    {{"--etl-poll-interval", "50ms"}, {INV("--etl-poll-interval", "50ms"), DUR "100ms and 1h"}},
+    {{"--etl-retention", "12h"}, {INV("--etl-retention", "12h"), DUR "1d and 3650d"}},
+    {{"--etl=maybe"}, {INV("--etl", "maybe"), "true|false|yes|no|on|off|1|0"}},
+    {{"--once=2"}, {INV("--once", "2")}},
     /* lists */
     {{"--channels", "a,,b"}, {INV("--channels", "a,,b"), "a-z, 0-9 and _"}},
     {{"--channels", ",a"}, {INV("--channels", ",a")}},
@@ -541,6 +593,7 @@ static void test_every_flag_missing_value(void **state)
     for (size_t i = 0; i < NCASES; i++) {
         rt_config_t cfg;
         char err[256], want[128];
+        if (cases[i].kind == K_BOOL) continue; /* alone it means true (test_flags_separate) */
         snprintf(want, sizeof want, "%s: missing value", cases[i].flag);
         assert_int_equal(PARSE(&cfg, err, cases[i].flag), -EINVAL);
         assert_string_equal(err, want);
@@ -862,7 +915,8 @@ static void test_help_text(void **state)
     char *out = capture_help(0);
     for (size_t i = 0; i < NCASES; i++) {
         char want[96];
-        snprintf(want, sizeof want, "  %s ", cases[i].flag);
+        /* "--flag METAVAR", or "--flag[=BOOL]" for a boolean */
+        snprintf(want, sizeof want, "  %s%s", cases[i].flag, cases[i].kind == K_BOOL ? "[" : " ");
         assert_contains(out, want);
         snprintf(want, sizeof want, "[env %s", cases[i].env);
         assert_contains(out, want);
@@ -878,6 +932,9 @@ static void test_help_text(void **state)
     assert_contains(out, "--format json|text ");
     assert_contains(out, "default 100ms");
     assert_contains(out, "default 24h");
+    assert_contains(out, "  --etl[=BOOL] ");
+    assert_contains(out, "--etl-mode event|polling|hybrid ");
+    assert_contains(out, "default 90d");
     assert_contains(out, "default intent_changed,audit_log_created");
     assert_contains(out, "-h, --help");
     assert_not_contains(out, "default (null)");
