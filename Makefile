@@ -9,7 +9,7 @@
 #   make check-san       the whole suite under ASan + UBSan
 #   make check-tsan      the threaded tests under ThreadSanitizer
 #   make run             embedded default: throwaway PostgreSQL, demo producer, server, tail
-#   make bench           benchmarks in perf/, results in perf/RESULTS.md
+#   make bench           benchmarks and load scenarios in perf/, results in perf/RESULTS.md
 
 CC       ?= cc
 FLAVOUR  ?= plain
@@ -62,9 +62,13 @@ PERF_SRC  := $(sort $(wildcard perf/*.c))
 PERF_BIN  := $(patsubst perf/%.c,$(B)/perf/%,$(PERF_SRC))
 
 BIN := $(B)/bin/rtbridge
+LOADGEN := $(B)/bin/rtbridge-loadgen
 
-.PHONY: all run run-only test test-only check-san check-tsan bench bench-only clean install format tests perfs deps
-all: $(BIN)
+.PHONY: all bin run run-only test test-only check-san check-tsan bench bench-only clean install format tests perfs deps
+all: $(BIN) $(LOADGEN)
+# The server alone, in whichever FLAVOUR this make runs (check-tsan uses it:
+# $(BIN) would be expanded by the calling make, in its own flavour).
+bin: $(BIN)
 tests: $(UNIT_BIN) $(INTEG_BIN)
 perfs: $(PERF_BIN)
 
@@ -109,6 +113,11 @@ $(BIN): cmd/rtbridge/main.c $(LIBRT)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(LDFLAGS_ALL) $< $(LIBRT) $(LDLIBS_ALL) -o $@
+
+# The load generator (perf/loadgen.c) under the name operators use.
+$(LOADGEN): $(B)/perf/loadgen
+	@mkdir -p $(dir $@)
+	$(Q)cp $< $@
 
 $(B)/test/unit-%: test/unit/%.c $(LIBRT) $(TESTLIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -160,19 +169,23 @@ check-san: deps
 	@$(MAKE) --no-print-directory FLAVOUR=san test-only
 
 check-tsan: deps
-	@$(MAKE) --no-print-directory FLAVOUR=tsan $(BIN) tests test/js/node_modules/.installed
+	@$(MAKE) --no-print-directory FLAVOUR=tsan bin tests test/js/node_modules/.installed
 	@TSAN_OPTIONS="suppressions=$(CURDIR)/test/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
 		sh test/run.sh build/tsan threaded
 
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
 
-bench-only: $(BIN) perfs
+# Core benchmarks (bus, listener), then the fan-out scenarios of issue 4 with
+# rtbridge-loadgen (each starts its own PostgreSQL and server; ~15 minutes).
+bench-only: $(BIN) $(LOADGEN) perfs
 	@bash perf/bench.sh $(B)
+	@bash perf/scenarios.sh $(B)
 
-install: $(BIN)
+install: $(BIN) $(LOADGEN)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/rtbridge
+	install -m 0755 $(LOADGEN) $(DESTDIR)$(PREFIX)/bin/rtbridge-loadgen
 
 deps:
 	@bash ops/install-deps.sh

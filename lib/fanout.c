@@ -148,6 +148,11 @@ struct conn {
     rt_event_t **rp;
     size_t rp_n, rp_pos;
     rt_seqset_t rp_seqs; /* seqs of rp, to skip held events replay covered */
+    /* Journal rows a resume already sent that had not yet reached this loop
+     * through the bus: skipped when they arrive, so they are not sent twice. */
+    rt_seqset_t pend;
+    int has_pend;
+    uint64_t pend_until_ms;
 
     /* inbound rate limit (token bucket) */
     double tokens;
@@ -538,6 +543,7 @@ static void free_conn(conn_t *c)
     for (size_t i = 0; i < c->nheld; i++) rt_event_unref(c->held[i]);
     free(c->held);
     replay_free(c);
+    if (c->has_pend) rt_seqset_close(&c->pend);
     if (c->req) {
         rt_http_req_close(c->req);
         free(c->req);
@@ -728,6 +734,47 @@ static void resume_work(uv_work_t *w)
     r->failed = 1;
 }
 
+#define PEND_MAX_MS 30000
+
+/* The journal read saw rows committed before its snapshot; some may not have
+ * reached this loop through the bus yet. Those (neither in the window, which
+ * holds what the loop has processed, nor held) are remembered so the live
+ * path skips them when they arrive. Rows that fell out of the window long ago
+ * would never arrive: the set is dropped after PEND_MAX_MS at the latest. */
+static void note_pending(conn_t *c, rt_event_t **evs, size_t n)
+{
+    if (n == 0) return;
+    loop_t *l = c->loop;
+    rt_seqset_t seen;
+    rt_seqset_init(&seen);
+    for (size_t i = 0; i < l->window.count; i++)
+        if (rt_window_at(&l->window, i)->seq >= evs[0]->seq)
+            rt_seqset_add(&seen, rt_window_at(&l->window, i)->seq);
+    for (size_t i = 0; i < c->nheld; i++) rt_seqset_add(&seen, c->held[i]->seq);
+    if (c->has_pend) rt_seqset_close(&c->pend);
+    rt_seqset_init(&c->pend);
+    c->has_pend = 1;
+    c->pend_until_ms = now_ms() + PEND_MAX_MS;
+    for (size_t i = 0; i < n; i++)
+        if (!rt_seqset_contains(&seen, evs[i]->seq)) rt_seqset_add(&c->pend, evs[i]->seq);
+    rt_seqset_close(&seen);
+    if (c->pend.count == 0) {
+        rt_seqset_close(&c->pend);
+        c->has_pend = 0;
+    }
+}
+
+/* True if ev was already sent to c by a journal replay (and forgets it). */
+static int already_replayed(conn_t *c, const rt_event_t *ev)
+{
+    if (!c->has_pend || !rt_seqset_remove(&c->pend, ev->seq)) return 0;
+    if (c->pend.count == 0) {
+        rt_seqset_close(&c->pend);
+        c->has_pend = 0;
+    }
+    return 1;
+}
+
 static void resume_done(uv_work_t *w, int status)
 {
     resume_req_t *r = w->data;
@@ -744,6 +791,7 @@ static void resume_done(uv_work_t *w, int status)
             send_resync(c, r->after, why);
             replay_start(c, NULL, 0);
         } else {
+            note_pending(c, r->evs, r->n);
             replay_start(c, r->evs, r->n); /* takes the references */
             r->evs = NULL;
             r->n = 0;
@@ -1417,6 +1465,7 @@ static void on_wake(uv_async_t *h)
             rt_window_push(&l->window, ev);
             for (conn_t *c = l->conns; c; c = c->next) {
                 if ((c->state != C_WS && c->state != C_SSE) || !matches(c, ev)) continue;
+                if (already_replayed(c, ev)) continue;
                 if (c->resume || c->rp) {
                     if (c->nheld == c->capheld) {
                         c->capheld = c->capheld ? c->capheld * 2 : 64;
@@ -1447,6 +1496,10 @@ static void on_tick(uv_timer_t *t)
     uint64_t now = now_ms();
     for (conn_t *c = l->conns, *next; c; c = next) {
         next = c->next;
+        if (c->has_pend && now > c->pend_until_ms) {
+            rt_seqset_close(&c->pend);
+            c->has_pend = 0;
+        }
         switch (c->state) {
         case C_HTTP:
             if (now - c->since_ms > (uint64_t)cfg->header_timeout_ms) {
