@@ -2269,7 +2269,7 @@ int main(int argc, char **argv)
         json_t *hs = json_object();
         for (int s = 100; s < 600; s++)
             if (tot.http_status[s]) {
-                char k[8];
+                char k[16];
                 snprintf(k, sizeof k, "%d", s);
                 json_object_set_new(hs, k, json_integer(tot.http_status[s]));
             }
