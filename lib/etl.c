@@ -43,6 +43,7 @@
 
 #include "listener.h"
 #include "log.h"
+#include "pgconn.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -347,34 +348,11 @@ static void sleep_or_stop(rt_etl_t *e, int64_t ms)
  * COPY), the staging table, the cursor row, and what kind of target this is. */
 static int connect_db(rt_etl_t *e)
 {
-    const char *keys[] = {
-        "dbname",          "application_name",    "connect_timeout",  "keepalives",
-        "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
-    const char *vals[] = {e->conninfo, "rtbridge-etl", "10", "1", "10", "5", "3", NULL};
-    PGconn *c = PQconnectStartParams(keys, vals, 1);
-    if (!c) abort();
-    uint64_t deadline = rt_mono_ns() + (uint64_t)CONNECT_TIMEOUT_MS * 1000000u;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-    while (PQstatus(c) != CONNECTION_BAD) {
-        if (st == PGRES_POLLING_OK) break;
-        if (stopping(e) || rt_mono_ns() > deadline) break;
-        struct pollfd pfds[2] = {
-            {.fd = PQsocket(c), .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT},
-            {.fd = e->wakefd, .events = POLLIN},
-        };
-        if (poll(pfds, 2, 200) < 0 && errno != EINTR) break;
-        if (pfds[0].revents) st = PQconnectPoll(c);
-        if (st == PGRES_POLLING_FAILED) break;
-    }
-    if (st != PGRES_POLLING_OK || PQstatus(c) != CONNECTION_OK) {
-        if (!stopping(e)) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
-            for (char *p = msg; *p; p++)
-                if (*p == '\n') *p = ' ';
-            rt_warn(COMP, "connect failed: %s", msg);
-        }
-        PQfinish(c);
+    char err[256];
+    PGconn *c = rt_pg_connect(e->conninfo, "rtbridge-etl", e->wakefd, &e->stopping,
+                              CONNECT_TIMEOUT_MS, err, sizeof err);
+    if (!c) {
+        if (!stopping(e)) rt_warn(COMP, "connect failed: %s", err);
         return -1;
     }
     PQsetNoticeProcessor(c, ignore_notice, NULL);

@@ -19,6 +19,7 @@
 
 #include "event.h"
 #include "log.h"
+#include "pgconn.h"
 #include "seqset.h"
 
 #include <errno.h>
@@ -473,27 +474,11 @@ static void on_marker(rt_listener_t *l, const char *token)
 
 static int connect_db(rt_listener_t *l)
 {
-    const char *keys[] = {"dbname",    "application_name", "connect_timeout", "keepalives",
-                          "keepalives_idle", "keepalives_interval", "keepalives_count", NULL};
-    const char *vals[] = {l->conninfo, "rtbridge-listener", "10", "1", "10", "5", "3", NULL};
-    PGconn *c = PQconnectStartParams(keys, vals, 1);
-    if (!c) abort();
-    uint64_t deadline = rt_mono_ns() + (uint64_t)CONNECT_TIMEOUT_MS * 1000000u;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-    while (PQstatus(c) != CONNECTION_BAD) {
-        if (st == PGRES_POLLING_OK) break;
-        if (stopping(l) || rt_mono_ns() > deadline) break;
-        struct pollfd pfds[2] = {
-            {.fd = PQsocket(c), .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT},
-            {.fd = l->wakefd, .events = POLLIN},
-        };
-        if (poll(pfds, 2, 200) < 0 && errno != EINTR) break;
-        if (pfds[0].revents) st = PQconnectPoll(c);
-        if (st == PGRES_POLLING_FAILED) break;
-    }
-    if (st != PGRES_POLLING_OK || PQstatus(c) != CONNECTION_OK) {
-        if (!stopping(l)) rt_warn(COMP, "connect failed: %s", conn_error(c));
-        PQfinish(c);
+    char err[256];
+    PGconn *c = rt_pg_connect(l->conninfo, "rtbridge-listener", l->wakefd, &l->stopping,
+                              CONNECT_TIMEOUT_MS, err, sizeof err);
+    if (!c) {
+        if (!stopping(l)) rt_warn(COMP, "connect failed: %s", err);
         return -1;
     }
     l->conn = c;
