@@ -2376,5 +2376,11 @@ int main(int argc, char **argv)
     }
     json_decref(lost_examples);
     (void)expected_live;
+    free(lat_lo);
+    free(lat);
+    free(conn);
+    free(reconn);
+    free(fan);
+    free(stmt);
     return ok ? 0 : 1;
 }
