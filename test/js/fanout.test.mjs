@@ -219,9 +219,9 @@ test('resume past the journal retention gets one resync event', async () => {
 });
 
 // A raw client that upgrades, then never reads (see stalled_client.py).
-function stalledWsClient(port) {
+function stalledWsClient(port, path) {
   const script = new URL('./stalled_client.py', import.meta.url).pathname;
-  const proc = spawn('python3', [script, String(port), '/ws/intents'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const proc = spawn('python3', [script, String(port), path], { stdio: ['pipe', 'pipe', 'inherit'] });
   const c = { proc, out: '' };
   proc.stdout.on('data', (d) => { c.out += d; });
   c.upgraded = waitUntil(() => c.out.includes('upgraded'), 5000, 'the stalled client to upgrade');
@@ -236,18 +236,25 @@ test('a client that stops reading is disconnected while 100 others receive every
     const clients = [];
     for (let i = 0; i < 100; i++) clients.push(wsClient(other.wsUrl('/ws/intents'), { idsOnly: true }));
     await Promise.all(clients.map((c) => c.opened));
-    stalled = stalledWsClient(other.port);
+    // The stalled client takes the big audit-log events (~6 KB each, 900 of
+    // them: 5.4 MB, past what the kernel holds for a non-reading peer, whose
+    // send buffer grows to 4 MiB, plus the 256 KiB bound). The 100 readers
+    // take small intent events committed in between, so what they must read
+    // stays light even on a loaded machine.
+    stalled = stalledWsClient(other.port, '/ws/dashboard?types=audit_log');
     await stalled.upgraded;
     const before = (await journalSeqs(db)).at(-1) ?? 0;
-    // ~6 KB per event, 900 events: 5.4 MB, past what the kernel holds for a
-    // non-reading peer (the server's send buffer grows to 4 MiB) plus the
-    // 256 KiB bound.
-    for (let i = 0; i < 9; i++) await insertIntents(db, 100, { dataBytes: 6000 });
-    const want = await journalSeqs(db, `seq > ${before}`);
-    await waitUntil(() => clients.every((c) => c.events().length >= want.length), 60000, 'all clients to get everything');
+    for (let i = 0; i < 9; i++) {
+      await db.sql(`INSERT INTO audit_logs(event_type, payload)
+                    SELECT 'big', jsonb_build_object('blob', repeat('x', 6000)) FROM generate_series(1, 100)`);
+      await insertIntents(db, 100);
+    }
+    const want = await journalSeqs(db, `seq > ${before} AND channel = 'intent_changed'`);
+    assert.equal(want.length, 900);
+    await waitUntil(() => clients.every((c) => c.events().length >= want.length), 30000, 'all clients to get everything');
     for (const c of clients) assert.deepEqual(c.events().map((m) => m.id), want);
     await waitUntil(async () => (await (await fetch(other.url('/health/realtime'))).json()).slow_consumer_disconnects === 1,
-      5000, 'the slow client to be counted');
+      10000, 'the slow client to be counted');
     stalled.drain();
     await waitUntil(() => stalled.out.includes('closed'), 10000, 'the stalled client to see the server hang up');
     await Promise.all(clients.map((c) => c.close()));
