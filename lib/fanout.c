@@ -233,6 +233,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_flush(conn_t *c);
 static void ws_take_output(conn_t *c);
+static rt_ws_t *ws_of(conn_t *c);
 
 /* ---- small helpers ------------------------------------------------------------ */
 
@@ -621,7 +622,7 @@ static void conn_close_after_flush(conn_t *c)
 
 static void ws_close(conn_t *c, uint16_t code, const char *reason)
 {
-    if (c->ws && !rt_ws_closing(c->ws)) {
+    if (!rt_ws_closing(ws_of(c))) {
         rt_ws_send_close(c->ws, code, reason);
         ws_take_output(c);
     }
@@ -697,8 +698,8 @@ static void send_json(conn_t *c, json_t *j)
         json_decref(parsed);
         if (n < 0) abort();
         send_owned(c, chunk, (size_t)n);
-    } else if (c->ws) {
-        rt_ws_send_text(c->ws, s, strlen(s));
+    } else if (c->state == C_WS || c->state == C_WS_AUTH) {
+        rt_ws_send_text(ws_of(c), s, strlen(s));
         ws_take_output(c);
     }
     free(s);
@@ -974,6 +975,25 @@ static void on_ws_close(void *ud, uint16_t code)
 
 static const rt_ws_callbacks_t ws_cbs = {on_ws_text, on_ws_pong, on_ws_close};
 
+/* The connection's wslay context, created on first need. An idle WebSocket
+ * client needs none: server frames are pre-encoded (events, pings), so a
+ * context exists only while the client's bytes are being read or a control
+ * reply is composed, and is freed again at rest (ws_release_if_idle). That
+ * keeps wslay's ~9 KB off every idle connection. */
+static rt_ws_t *ws_of(conn_t *c)
+{
+    if (!c->ws) c->ws = rt_ws_new((size_t)c->loop->f->cfg->ws_max_message, &ws_cbs, c);
+    return c->ws;
+}
+
+static void ws_release_if_idle(conn_t *c)
+{
+    if (c->ws && rt_ws_at_rest(c->ws)) {
+        rt_ws_free(c->ws);
+        c->ws = NULL;
+    }
+}
+
 /* ---- request handling --------------------------------------------------------------- */
 
 /* Parses "a,b" (and repeated keys) of event type names into a mask.
@@ -1197,7 +1217,6 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
     rt_http_req_close(c->req);
     free(c->req);
     c->req = NULL;
-    c->ws = rt_ws_new((size_t)f->cfg->ws_max_message, &ws_cbs, c);
     c->tokens = (double)f->cfg->client_msg_rate;
     c->tokens_ms = now_ms();
     c->pending_resume = last;
@@ -1209,8 +1228,11 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
         c->since_ms = now_ms();
     }
     if (rest_len) {
-        rt_ws_feed(c->ws, rest, rest_len);
-        ws_take_output(c);
+        rt_ws_feed(ws_of(c), rest, rest_len);
+        if (c->ws) {
+            ws_take_output(c);
+            ws_release_if_idle(c);
+        }
     }
 }
 
@@ -1365,8 +1387,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         break;
     case C_WS:
     case C_WS_AUTH:
-        rt_ws_feed(c->ws, buf->base, (size_t)nread);
-        if (c->ws) ws_take_output(c);
+        rt_ws_feed(ws_of(c), buf->base, (size_t)nread);
+        if (c->ws) {
+            ws_take_output(c);
+            ws_release_if_idle(c);
+        }
         break;
     default:
         break;
@@ -1488,6 +1513,7 @@ static void on_wake(uv_async_t *h)
 }
 
 static const char keepalive_comment[] = ": keepalive\n\n";
+static const char ping_frame[] = "\x89\x00"; /* FIN, ping, no payload, unmasked */
 
 static void on_tick(uv_timer_t *t)
 {
@@ -1520,8 +1546,7 @@ static void on_tick(uv_timer_t *t)
                     ws_close(c, 1001, "ping timeout");
                     break;
                 }
-                rt_ws_send_ping(c->ws);
-                ws_take_output(c);
+                send_bytes(c, ping_frame, sizeof ping_frame - 1, 0);
                 c->missed_pongs++;
                 c->last_ping_ms = now;
             }

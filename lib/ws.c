@@ -162,7 +162,54 @@ struct rt_ws {
     uint16_t our_code;
     int in_feed;
     int done; /* on_close was called */
+    /* Where the peer's byte stream stands, tracked beside wslay so the caller
+     * can tell when nothing is buffered mid-frame (rt_ws_at_rest). */
+    uint8_t hdr[14];
+    uint8_t hdr_len, hdr_need;
+    uint64_t payload_left;
+    int frag_open; /* a fragmented data message has begun and not ended */
 };
+
+/* Follows frame boundaries in the input (RFC 6455 §5.2 header layout). */
+static void track(rt_ws_t *ws, const uint8_t *p, size_t len)
+{
+    while (len) {
+        if (ws->payload_left) {
+            uint64_t n = ws->payload_left < len ? ws->payload_left : len;
+            ws->payload_left -= n;
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        ws->hdr[ws->hdr_len++] = *p++;
+        len--;
+        if (ws->hdr_len == 2) {
+            unsigned len7 = ws->hdr[1] & 0x7f;
+            ws->hdr_need = (uint8_t)(2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) +
+                                     ((ws->hdr[1] & 0x80) ? 4 : 0));
+        }
+        if (ws->hdr_len < 2 || ws->hdr_len < ws->hdr_need) continue;
+        unsigned len7 = ws->hdr[1] & 0x7f;
+        uint64_t plen = len7;
+        if (len7 == 126) plen = ((uint64_t)ws->hdr[2] << 8) | ws->hdr[3];
+        if (len7 == 127) {
+            plen = 0;
+            for (int i = 0; i < 8; i++) plen = (plen << 8) | ws->hdr[2 + i];
+        }
+        unsigned opcode = ws->hdr[0] & 0x0f;
+        if (opcode < 8) ws->frag_open = !(ws->hdr[0] & 0x80); /* data and continuation frames */
+        ws->payload_left = plen;
+        ws->hdr_len = ws->hdr_need = 0;
+    }
+}
+
+int rt_ws_at_rest(const rt_ws_t *ws)
+{
+    return !ws->done && !ws->in_feed && ws->hdr_len == 0 && ws->payload_left == 0 &&
+           !ws->frag_open && ws->out_len == 0 && !wslay_event_get_close_sent(ws->ctx) &&
+           !wslay_event_get_close_received(ws->ctx) &&
+           wslay_event_get_queued_msg_count(ws->ctx) == 0;
+}
 
 static void out_append(rt_ws_t *ws, const void *data, size_t len)
 {
@@ -303,6 +350,7 @@ int rt_ws_feed(rt_ws_t *ws, const char *data, size_t len)
     if (ws->done) return -1;
     assert(!ws->in_feed); /* no rt_ws_feed() from inside a callback */
     ws->in_feed = 1;
+    track(ws, (const uint8_t *)data, len);
     ws->in = (const uint8_t *)data;
     ws->in_len = len;
     int had_close_sent = wslay_event_get_close_sent(ws->ctx);

@@ -112,6 +112,13 @@ size_t rt_ws_take_output(rt_ws_t *ws, char **buf);
  * stop writing broadcast frames; the close frame is the last one). */
 int rt_ws_closing(const rt_ws_t *ws);
 
+/* 1 when the context holds nothing: the peer's input ended on a frame
+ * boundary outside any fragmented message, all output was taken, and no close
+ * is under way. The caller may then free it and start a fresh one on the
+ * peer's next bytes (an idle connection need not keep wslay's ~9 KB). Not
+ * from inside a callback. */
+int rt_ws_at_rest(const rt_ws_t *ws);
+
 /* ---- client messages ------------------------------------------------------------ */
 
 typedef enum {

@@ -436,6 +436,54 @@ static void test_fragmented_message(void **state)
     assert_int_equal(fx->frames[0].opcode, 0xa);
 }
 
+/* rt_ws_at_rest: only on a frame boundary, outside a fragmented message,
+ * with the output taken and no close under way. */
+static void test_at_rest(void **state)
+{
+    fx_t *fx = *state;
+    assert_int_equal(rt_ws_at_rest(fx->ws), 1); /* fresh */
+
+    /* Half a frame (a 300-byte text, 16-bit length form) is not at rest. */
+    char payload[300];
+    memset(payload, 'a', sizeof payload);
+    add_frame(&fx->in, 1, 0x1, payload, sizeof payload);
+    size_t all = fx->in.n;
+    for (size_t cut = 1; cut < all; cut += 37) {
+        fx_t *g = calloc(1, sizeof *g);
+        g->ws = rt_ws_new(MAX_MSG, &CBS, g);
+        assert_int_equal(rt_ws_feed(g->ws, (const char *)fx->in.p, cut), 0);
+        assert_int_equal(rt_ws_at_rest(g->ws), 0);
+        assert_int_equal(rt_ws_feed(g->ws, (const char *)fx->in.p + cut, all - cut), 0);
+        assert_int_equal(g->ntext, 1);
+        assert_int_equal(rt_ws_at_rest(g->ws), 1);
+        rt_ws_free(g->ws);
+        free(g->text[0]);
+        free(g);
+    }
+    fx->in.n = 0;
+
+    /* The first fragment of a message: the message is open. */
+    add_frame(&fx->in, 0, 0x1, "hel", 3);
+    assert_int_equal(feed(fx), 0);
+    assert_int_equal(rt_ws_at_rest(fx->ws), 0);
+    /* A ping between fragments: its pong is queued, the message still open. */
+    add_frame(&fx->in, 1, 0x9, "p", 1);
+    assert_int_equal(feed(fx), 0);
+    assert_int_equal(rt_ws_at_rest(fx->ws), 0);
+    add_frame(&fx->in, 1, 0x0, "lo", 2);
+    assert_int_equal(feed(fx), 0);
+    assert_int_equal(fx->ntext, 1);
+    /* Message complete, but the pong is not taken yet. */
+    assert_int_equal(rt_ws_at_rest(fx->ws), 0);
+    assert_int_equal(take(fx), 1);
+    assert_int_equal(rt_ws_at_rest(fx->ws), 1);
+
+    /* A close under way is never at rest. */
+    assert_int_equal(rt_ws_send_close(fx->ws, 1000, "bye"), 0);
+    take(fx);
+    assert_int_equal(rt_ws_at_rest(fx->ws), 0);
+}
+
 static void test_fragment_split_utf8(void **state)
 {
     fx_t *fx = *state;
@@ -1010,6 +1058,7 @@ int main(void)
         T(test_text_frame),
         T(test_empty_and_utf8_text),
         T(test_fragmented_message),
+        T(test_at_rest),
         T(test_fragment_split_utf8),
         T(test_byte_by_byte),
         T(test_two_frames_one_feed),
