@@ -272,12 +272,7 @@ static const char *errmsg_of(rt_etl_t *e, const PGresult *r)
         snprintf(buf, sizeof buf, "%s (SQLSTATE %s)", msg, state);
     else
         snprintf(buf, sizeof buf, "%s", msg);
-    for (char *p = buf; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
-    size_t n = strlen(buf);
-    while (n && buf[n - 1] == ' ')
-        buf[--n] = '\0';
-    return buf;
+    return rt_pg_oneline(buf);
 }
 
 /* Runs sql (with n text parameters); returns the result if its status is
@@ -329,18 +324,6 @@ static void ignore_notice(void *arg, const char *message)
 {
     (void)arg;
     (void)message;
-}
-
-/* Sleeps up to ms, or until asked to stop. */
-static void sleep_or_stop(rt_etl_t *e, int64_t ms)
-{
-    struct pollfd pfd = {.fd = e->wakefd, .events = POLLIN};
-    uint64_t until = rt_mono_ns() + (uint64_t)ms * 1000000u;
-    while (!stopping(e)) {
-        uint64_t now = rt_mono_ns();
-        if (now >= until) return;
-        poll(&pfd, 1, (int)((until - now) / 1000000u) + 1);
-    }
 }
 
 /* Connects without blocking a stop for longer than one poll, then prepares
@@ -749,9 +732,7 @@ static void wait_until(rt_etl_t *e, uint64_t until)
         if (!PQconsumeInput(e->conn) || PQstatus(e->conn) != CONNECTION_OK) {
             char msg[256];
             snprintf(msg, sizeof msg, "%s", PQerrorMessage(e->conn));
-            for (char *p = msg; *p; p++)
-                if (*p == '\n') *p = ' ';
-            disconnect(e, msg);
+            disconnect(e, rt_pg_oneline(msg));
             return;
         }
         PGnotify *n;
@@ -786,7 +767,7 @@ static void *etl_main(void *arg)
                 attempt = 0;
                 next_try = 0;
             } else if (!stopping(e)) {
-                sleep_or_stop(e, backoff_ms(e, attempt++));
+                rt_sleep_or_stop(e->wakefd, &e->stopping, backoff_ms(e, attempt++));
             }
             continue;
         }

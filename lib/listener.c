@@ -165,18 +165,6 @@ static int stopping(rt_listener_t *l)
     return atomic_load_explicit(&l->stopping, memory_order_acquire);
 }
 
-/* Sleeps up to ms, or until asked to stop. */
-static void sleep_or_stop(rt_listener_t *l, int64_t ms)
-{
-    struct pollfd pfd = {.fd = l->wakefd, .events = POLLIN};
-    uint64_t until = rt_mono_ns() + (uint64_t)ms * 1000000u;
-    while (!stopping(l)) {
-        uint64_t now = rt_mono_ns();
-        if (now >= until) return;
-        poll(&pfd, 1, (int)((until - now) / 1000000u) + 1);
-    }
-}
-
 static void disconnect(rt_listener_t *l, const char *why)
 {
     if (!l->conn) return;
@@ -195,12 +183,7 @@ static const char *conn_error(PGconn *c)
     const char *m = PQerrorMessage(c);
     static _Thread_local char buf[256];
     snprintf(buf, sizeof buf, "%s", m && *m ? m : "unknown error");
-    /* libpq's messages span lines; a log record is one line. */
-    for (char *p = buf; *p; p++)
-        if (*p == '\n' || *p == '\t') *p = ' ';
-    size_t n = strlen(buf);
-    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
-    return buf;
+    return rt_pg_oneline(buf);
 }
 
 /* Runs a command that returns no rows; returns 0 or -1 (error logged). */
@@ -545,7 +528,7 @@ static void *listener_main(void *arg)
                 atomic_fetch_add(&l->stats.connect_failures, 1);
                 int64_t d = backoff_ms(l, attempt++);
                 rt_info(COMP, "retrying in %" PRId64 " ms", d);
-                sleep_or_stop(l, d);
+                rt_sleep_or_stop(l->wakefd, &l->stopping, d);
             }
             continue;
         }

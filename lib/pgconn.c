@@ -1,5 +1,5 @@
 /*
- * The stoppable connect shared by the listener and the ETL workers.
+ * Helpers shared by the listener and the ETL worker threads (see pgconn.h).
  */
 #include "pgconn.h"
 
@@ -9,6 +9,36 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Consumes a pending wake-up so the next poll waits again. */
+static void drain(int fd)
+{
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof v);
+    (void)r;
+}
+
+char *rt_pg_oneline(char *s)
+{
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
+    size_t n = strlen(s);
+    while (n && s[n - 1] == ' ') s[--n] = '\0';
+    return s;
+}
+
+void rt_sleep_or_stop(int wakefd, const atomic_int *stopping, int64_t ms)
+{
+    struct pollfd pfd = {.fd = wakefd, .events = POLLIN};
+    uint64_t until = rt_mono_ns() + (uint64_t)ms * 1000000u;
+    while (!atomic_load_explicit(stopping, memory_order_acquire)) {
+        uint64_t now = rt_mono_ns();
+        if (now >= until) return;
+        if (poll(&pfd, 1, (int)((until - now) / 1000000u) + 1) > 0 && pfd.revents) drain(wakefd);
+    }
+}
 
 PGconn *rt_pg_connect(const char *conninfo, const char *application_name, int wakefd,
                       const atomic_int *stopping, int timeout_ms, char *err, size_t errlen)
@@ -34,6 +64,7 @@ PGconn *rt_pg_connect(const char *conninfo, const char *application_name, int wa
             {.fd = wakefd, .events = POLLIN},
         };
         if (poll(pfds, wakefd >= 0 ? 2 : 1, 200) < 0 && errno != EINTR) break;
+        if (wakefd >= 0 && pfds[1].revents) drain(wakefd);
         if (pfds[0].revents) st = PQconnectPoll(c);
         if (st == PGRES_POLLING_FAILED) break;
     }
@@ -41,9 +72,7 @@ PGconn *rt_pg_connect(const char *conninfo, const char *application_name, int wa
     if (!gave_up && errlen) {
         const char *m = PQerrorMessage(c);
         snprintf(err, errlen, "%s", m && *m ? m : "connection timed out");
-        /* libpq's messages span lines; a log record is one line. */
-        for (char *p = err; *p; p++)
-            if (*p == '\n' || *p == '\t') *p = ' ';
+        rt_pg_oneline(err);
     }
     PQfinish(c);
     return NULL;

@@ -1,10 +1,15 @@
 /*
- * Connecting to PostgreSQL from a worker thread that must stay stoppable: the
- * connect runs non-blocking (PQconnectStartParams/PQconnectPoll) and polls a
- * wake descriptor too, so asking the thread to stop never waits for a TCP or
- * authentication timeout. TCP keep-alives are on, so a dead peer is noticed.
+ * What the database worker threads (listener, ETL) share: connecting to
+ * PostgreSQL while staying stoppable, waiting out a backoff while staying
+ * stoppable, and putting libpq's multi-line messages on one log line.
  *
- * Any thread; the connection it returns belongs to the caller.
+ * A worker is stopped by setting its stopping flag and writing its wake
+ * eventfd. The same eventfd may also carry "work to do" wake-ups (the ETL's
+ * bus ring): these helpers read it when it becomes readable, so a pending
+ * wake-up cannot make them spin; the worker finds its work again from its
+ * ring after reconnecting.
+ *
+ * Any thread; a connection returned belongs to the caller.
  */
 #ifndef RT_PGCONN_H
 #define RT_PGCONN_H
@@ -12,6 +17,7 @@
 #include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Connects to conninfo (URL or key=value) as application_name. Gives up after
  * timeout_ms, or as soon as *stopping becomes non-zero (checked whenever
@@ -20,5 +26,13 @@
  * gave up because of *stopping). */
 PGconn *rt_pg_connect(const char *conninfo, const char *application_name, int wakefd,
                       const atomic_int *stopping, int timeout_ms, char *err, size_t errlen);
+
+/* Sleeps ms milliseconds, or less if *stopping becomes non-zero (noticed when
+ * wakefd becomes readable). */
+void rt_sleep_or_stop(int wakefd, const atomic_int *stopping, int64_t ms);
+
+/* Rewrites s in place as one line: line breaks and tabs become spaces,
+ * trailing spaces go. Returns s. */
+char *rt_pg_oneline(char *s);
 
 #endif
