@@ -164,6 +164,9 @@ typedef struct loop_stats {
     atomic_ulong accepted;
     atomic_ulong refused[RT_REFUSE__COUNT];
     atomic_ulong slow_disconnects, ping_timeouts, events_sent, resumes, resyncs, ring_overflows;
+    /* Delivery latency; written by the loop thread only (see lat_record). */
+    atomic_ulong lat[RT_LATENCY_NB + 1];
+    atomic_ulong lat_sum_us, lat_count;
 } __attribute__((aligned(64))) loop_stats_t;
 
 struct loop {
@@ -386,11 +389,35 @@ static void send_event(conn_t *c, rt_event_t *ev)
     mark_dirty(c);
 }
 
+const double rt_latency_bounds_s[RT_LATENCY_NB] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                   0.005,  0.01,    0.025,  0.05,  0.1,
+                                                   0.25,   0.5,     1,      2.5};
+
+/* One writer (the loop thread), so a relaxed load and store suffice: no
+ * locked instruction per delivery. */
+#define LAT_ADD(l, field, n)                                                                      \
+    atomic_store_explicit(&(l)->st.field,                                                         \
+                          atomic_load_explicit(&(l)->st.field, memory_order_relaxed) + (n),       \
+                          memory_order_relaxed)
+
+static void lat_record(loop_t *l, uint64_t now_ns, const rt_event_t *ev)
+{
+    uint64_t ns = now_ns > ev->recv_ns ? now_ns - ev->recv_ns : 0;
+    double s = (double)ns / 1e9;
+    int b = 0;
+    while (b < RT_LATENCY_NB && s > rt_latency_bounds_s[b]) b++;
+    LAT_ADD(l, lat[b], 1);
+    LAT_ADD(l, lat_sum_us, ns / 1000);
+    LAT_ADD(l, lat_count, 1);
+}
+
 /* Releases the n oldest items (fully written). */
 static void q_pop(conn_t *c, size_t n)
 {
+    uint64_t now = n ? rt_now_ns() : 0;
     for (size_t i = 0; i < n; i++) {
         qitem_t *it = &c->q[c->qhead];
+        if (it->ev) lat_record(c->loop, now, it->ev);
         c->queued_bytes -= it->len;
         q_release(it);
         c->qhead = (c->qhead + 1) % c->qcap;
@@ -1790,6 +1817,9 @@ void rt_fanout_stats(rt_fanout_t *f, rt_fanout_stats_t *out)
         out->resumes += atomic_load(&s->resumes);
         out->resyncs += atomic_load(&s->resyncs);
         out->ring_overflows += atomic_load(&s->ring_overflows);
+        for (int b = 0; b <= RT_LATENCY_NB; b++) out->lat[b] += atomic_load(&s->lat[b]);
+        out->lat_sum_s += (double)atomic_load(&s->lat_sum_us) / 1e6;
+        out->lat_count += atomic_load(&s->lat_count);
     }
 }
 

@@ -41,6 +41,10 @@ typedef enum {
 
 const char *rt_refuse_reason_name(rt_refuse_reason_t r);
 
+/* Upper bounds (seconds) of the delivery latency buckets. */
+#define RT_LATENCY_NB 14
+extern const double rt_latency_bounds_s[RT_LATENCY_NB];
+
 /* A snapshot, summed over the loops (each loop counts in its own cache line,
  * so the delivery path never contends on a shared counter). */
 typedef struct rt_fanout_stats {
@@ -53,6 +57,13 @@ typedef struct rt_fanout_stats {
     unsigned long resumes;          /* resume requests served */
     unsigned long resyncs;          /* resume requests answered with resync */
     unsigned long ring_overflows;   /* loop rings that overflowed (recovered) */
+    /* Delivery latency, from the listener's receive (rt_event_t.recv_ns) to
+     * the moment the event's last byte went to the socket: a Prometheus-style
+     * histogram, lat[i] counting deliveries <= rt_latency_bounds_s[i]
+     * (not cumulative; lat[RT_LATENCY_NB] counts the rest). */
+    unsigned long lat[RT_LATENCY_NB + 1];
+    double lat_sum_s;
+    unsigned long lat_count;
 } rt_fanout_stats_t;
 
 typedef struct rt_fanout rt_fanout_t;
