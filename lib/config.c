@@ -173,6 +173,11 @@ static const opt_t opts[] = {
                  "90d", "daily partitions of audit_logs_ts wholly older than this are dropped"),
     OPT_BOOL("once", "RTBRIDGE_ETL_ONCE", etl_once, "off",
              "etl: load everything pending, print rows loaded and lag, and exit"),
+    OPT_STRING("etl-source-url", "RTBRIDGE_ETL_SOURCE_URL", etl_source_url, NULL, "URL",
+               "ETL: the database holding rt_journal (default: --database-url)"),
+    OPT_STRING("etl-target-url", "RTBRIDGE_ETL_TARGET_URL", etl_target_url, NULL, "URL",
+               "ETL: the database holding audit_logs_ts and the ETL cursor (default: "
+               "--database-url)"),
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])

@@ -41,6 +41,7 @@
  */
 #include "etl.h"
 
+#include "auditrow.h"
 #include "listener.h"
 #include "log.h"
 #include "pgconn.h"
@@ -67,14 +68,18 @@
 
 /* ---- SQL ------------------------------------------------------------------------ */
 
-/* Columns of the staging table: audit_logs_ts plus the transform's bad flag,
- * in the order rt_etl_transform returns them. */
+/* The fallback's staging table: audit_logs_ts's columns and the row's place
+ * in the batch. */
 static const char STAGE_SQL[] =
-    "CREATE TEMP TABLE IF NOT EXISTS rt_etl_stage ("
+    "CREATE TEMP TABLE IF NOT EXISTS rt_etl_stage_rows ("
     " time timestamptz, log_id bigint, event_type text, intent_id uuid, actor text,"
     " bridge_type text, status_from text, status_to text, payload jsonb,"
-    " duration_ms integer, success boolean, bad boolean"
+    " duration_ms integer, success boolean, ord integer"
     ") ON COMMIT DELETE ROWS";
+
+#define TS_COLUMNS                                                                                 \
+    "time, log_id, event_type, intent_id, actor, bridge_type, status_from, status_to, payload, "   \
+    "duration_ms, success"
 
 /* The first statement of the transaction, so the snapshot it reports is the
  * transaction's. */
@@ -82,6 +87,11 @@ static const char CURSOR_SQL[] =
     "SELECT last_seq, last_xmin::text, snapshot, pg_current_snapshot()::text, "
     "pg_snapshot_xmin(pg_current_snapshot())::text "
     "FROM rt_etl_cursor WHERE source = $1 FOR UPDATE";
+enum { C_SEQ = 0, C_XMIN, C_SNAP, C_NOW_SNAP, C_NOW_XMIN };
+
+/* With a separate source: its snapshot, first in its own transaction. */
+static const char SOURCE_SNAPSHOT_SQL[] =
+    "SELECT pg_current_snapshot()::text, pg_snapshot_xmin(pg_current_snapshot())::text";
 
 /* $1 S, $2 X, $3 P, $4 batch size: see the top of the file. The first half
  * leaves out "xid >= X": that only adds rows already loaded (harmless, and
@@ -89,7 +99,8 @@ static const char CURSOR_SQL[] =
  * plan an ordered scan of the primary key that stops after $4 rows, whatever
  * the statistics say about xid. The second half must be found through the
  * xid index (few rows: transactions in flight at P); seq + 0 keeps the
- * planner from scanning the key range seq <= S instead. */
+ * planner from scanning the key range seq <= S instead. The transform is
+ * done in C (auditrow.c): this returns the payload text as it is. */
 static const char EXTRACT_SQL[] =
     "WITH pick AS ("
     " (SELECT seq FROM rt_journal"
@@ -102,55 +113,83 @@ static const char EXTRACT_SQL[] =
     "  AND NOT pg_visible_in_snapshot(xid, $3::pg_snapshot)"
     "  ORDER BY seq LIMIT $4::bigint)"
     " ORDER BY seq LIMIT $4::bigint) "
-    "SELECT j.seq, extract(epoch FROM j.created_at)::float8, t.* "
+    "SELECT j.seq, (extract(epoch FROM j.created_at) * 1000000)::bigint, j.payload "
     "FROM pick JOIN rt_journal j ON j.seq = pick.seq "
-    "CROSS JOIN LATERAL rt_etl_transform(j.payload, j.created_at) t "
     "ORDER BY j.seq";
-enum { X_SEQ = 0, X_JTIME, X_FIRST_STAGED, X_NCOLS = 14 };
+enum { X_SEQ = 0, X_JTIME_US, X_PAYLOAD };
 
-static const char ENSURE_STAGED_SQL[] =
-    "SELECT coalesce(sum(rt_etl_ensure_partition(d)::int), 0) "
-    "FROM (SELECT DISTINCT (time AT TIME ZONE 'UTC')::date AS d FROM rt_etl_stage) s";
+static const char ENSURE_DAYS_SQL[] =
+    "SELECT coalesce(sum(rt_etl_ensure_partition(d)::int), 0) FROM unnest($1::date[]) d";
 
 static const char ENSURE_AHEAD_SQL[] = "SELECT coalesce(sum(rt_etl_ensure_partition(d)::int), 0) "
                                        "FROM (VALUES ((now() AT TIME ZONE 'UTC')::date), "
                                        "((now() AT TIME ZONE 'UTC')::date + 1)) v(d)";
 
-/* COPY cannot skip duplicates; this does. Returns rows inserted, bad rows
- * among them, rows without a log_id (not loaded), and the UTC hours touched. */
+/* Wall-clock minutes (counted from 1970-01-01 00:00) to the instants they
+ * begin at in this session's time zone, as a cast of a time without an
+ * offset reads them. */
+static const char MINUTES_SQL[] =
+    "SELECT k, extract(epoch FROM (timestamp '1970-01-01' + k * interval '1 minute')"
+    "::timestamptz)::bigint FROM unnest($1::bigint[]) k";
+
+/* The fallback load, when the COPY straight into audit_logs_ts failed (a row
+ * there already, or no partition for it): skips the duplicates and returns
+ * the place in the batch of each row inserted. */
 static const char INSERT_SQL[] =
     "WITH ins AS ("
-    " INSERT INTO audit_logs_ts (time, log_id, event_type, intent_id, actor, bridge_type,"
-    "  status_from, status_to, payload, duration_ms, success)"
-    " SELECT time, log_id, event_type, intent_id, actor, bridge_type, status_from, status_to,"
-    "  payload, duration_ms, success FROM rt_etl_stage WHERE log_id IS NOT NULL"
+    " INSERT INTO audit_logs_ts (" TS_COLUMNS ")"
+    " SELECT " TS_COLUMNS " FROM rt_etl_stage_rows"
     " ON CONFLICT (log_id, time) DO NOTHING"
     " RETURNING log_id, time) "
-    "SELECT (SELECT count(*) FROM ins),"
-    " (SELECT count(*) FROM rt_etl_stage s WHERE s.bad AND s.log_id IS NOT NULL"
-    "  AND EXISTS (SELECT 1 FROM ins WHERE ins.log_id = s.log_id AND ins.time = s.time)),"
-    " (SELECT count(*) FROM rt_etl_stage WHERE log_id IS NULL),"
-    " (SELECT array_agg(DISTINCT date_trunc('hour', time AT TIME ZONE 'UTC')) FROM ins)::text";
+    "SELECT min(s.ord) FROM ins JOIN rt_etl_stage_rows s"
+    " ON s.log_id = ins.log_id AND s.time = ins.time GROUP BY ins.log_id, ins.time";
 
-/* Recomputes whole hours ($1: UTC hours) of the rollup from audit_logs_ts, as
- * the continuous aggregate of the TimescaleDB path defines them. The DELETE
- * and the INSERT share one snapshot, so the DELETE sees only the old rows. */
-static const char HOURLY_SQL[] =
-    "WITH h AS (SELECT unnest($1::timestamp[]) AT TIME ZONE 'UTC' AS bucket),"
-    " d AS (DELETE FROM audit_logs_hourly WHERE bucket IN (SELECT bucket FROM h)) "
+/* Adds one batch's counts per (hour, event_type, actor) to rt_etl_hourly and
+ * rewrites those rows of audit_logs_hourly from it: an average needs the
+ * count and sum of the durations, which audit_logs_hourly (the continuous
+ * aggregate's columns) does not keep. avg = sum / count in numeric is what
+ * avg(integer) computes. One loader at a time (the cursor row is locked), so
+ * the update-then-insert needs no unique key. */
+static const char ROLLUP_SQL[] =
+    "WITH g AS (SELECT to_timestamp(b) AS bucket, et, act, n, dn, ds, ok, ko"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],"
+    " $6::bigint[], $7::bigint[], $8::bigint[]) AS u(b, et, act, n, dn, ds, ok, ko)),"
+    " upd AS (UPDATE rt_etl_hourly h SET event_count = h.event_count + g.n,"
+    "  duration_count = h.duration_count + g.dn, duration_sum = h.duration_sum + g.ds,"
+    "  success_count = h.success_count + g.ok, failure_count = h.failure_count + g.ko"
+    "  FROM g WHERE h.bucket = g.bucket AND h.event_type IS NOT DISTINCT FROM g.et"
+    "  AND h.actor IS NOT DISTINCT FROM g.act RETURNING h.*),"
+    " ins AS (INSERT INTO rt_etl_hourly (bucket, event_type, actor, event_count,"
+    "  duration_count, duration_sum, success_count, failure_count)"
+    "  SELECT bucket, et, act, n, dn, ds, ok, ko FROM g WHERE NOT EXISTS (SELECT 1 FROM upd"
+    "  WHERE upd.bucket = g.bucket AND upd.event_type IS NOT DISTINCT FROM g.et"
+    "  AND upd.actor IS NOT DISTINCT FROM g.act) RETURNING *),"
+    " cur AS (SELECT * FROM upd UNION ALL SELECT * FROM ins),"
+    " del AS (DELETE FROM audit_logs_hourly a USING cur WHERE a.bucket = cur.bucket"
+    "  AND a.event_type IS NOT DISTINCT FROM cur.event_type"
+    "  AND a.actor IS NOT DISTINCT FROM cur.actor) "
     "INSERT INTO audit_logs_hourly (bucket, event_type, actor, event_count, avg_duration_ms,"
     " success_count, failure_count) "
-    "SELECT h.bucket, t.event_type, t.actor, count(*), avg(t.duration_ms),"
-    " sum(CASE WHEN t.success THEN 1 ELSE 0 END), sum(CASE WHEN NOT t.success THEN 1 ELSE 0 END) "
-    "FROM h JOIN audit_logs_ts t ON t.time >= h.bucket AND t.time < h.bucket + interval '1 hour' "
-    "GROUP BY h.bucket, t.event_type, t.actor";
+    "SELECT bucket, event_type, actor, event_count,"
+    " duration_sum::numeric / nullif(duration_count, 0)::numeric, success_count, failure_count "
+    "FROM cur";
 
 static const char UPDATE_CURSOR_SQL[] =
     "UPDATE rt_etl_cursor SET last_seq = $2::bigint, last_xmin = greatest(last_xmin, $3::xid8),"
     " snapshot = $4, rows_loaded = rows_loaded + $5::bigint, updated_at = now() "
-    "WHERE source = $1";
+    "WHERE source = $1 RETURNING last_seq, last_xmin::text, snapshot";
 
-static const char NEWEST_SQL[] = "SELECT extract(epoch FROM created_at)::float8 FROM rt_journal "
+/* With a separate target, a copy of the cursor kept in the source under its
+ * own key, so the journal's pruning there can tell what is loaded
+ * (lib/journal.c). Written after the target commits: it may lag, never lead. */
+static const char MIRROR_SQL[] =
+    "INSERT INTO rt_etl_cursor (source, last_seq, last_xmin, snapshot) "
+    "VALUES ($1, $2::bigint, $3::xid8, $4) ON CONFLICT (source) DO UPDATE SET "
+    "last_seq = excluded.last_seq, last_xmin = excluded.last_xmin, "
+    "snapshot = excluded.snapshot, updated_at = now()";
+
+static const char NEWEST_SQL[] = "SELECT (extract(epoch FROM created_at) * 1000000)::bigint "
+                                 "FROM rt_journal "
                                  "WHERE channel = 'audit_log_created' ORDER BY seq DESC LIMIT 1";
 
 /* Our partitions (by name) whose upper bound is at or before the cutoff. */
@@ -164,8 +203,21 @@ static const char EXPIRED_SQL[] =
 
 /* ---- state ------------------------------------------------------------------------ */
 
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf_t;
+
+/* A wall-clock minute and the instant it begins at (MINUTES_SQL). */
+typedef struct minute_ent {
+    int64_t local, utc_s;
+    int used;
+} minute_ent_t;
+#define MINUTE_CACHE 1024 /* a power of two; cleared when half full */
+
 struct rt_etl {
-    char *conninfo;
+    char *conninfo;     /* the target: audit_logs_ts, the cursor, the lock */
+    char *src_conninfo; /* the source (rt_journal); NULL: the target */
     rt_etl_mode_t mode;
     int64_t batch_size, interval_ms, poll_ms, retention_ms;
     int64_t reconnect_min_ms, reconnect_max_ms, leader_retry_ms;
@@ -176,15 +228,27 @@ struct rt_etl {
     int wakefd;
     atomic_int stopping;
 
-    PGconn *conn;
+    PGconn *conn; /* target */
+    PGconn *src;  /* source, NULL when it is the target */
+    char mirror_key[256];
     int leader;
     int partitioned;     /* audit_logs_ts is natively partitioned: make partitions */
     int hypertable;      /* timescaledb is installed and audit_logs_ts is not partitioned */
     int maintain_hourly; /* audit_logs_hourly is a table (not a continuous aggregate) */
     unsigned rng;
 
-    char *buf; /* the COPY data of one batch */
-    size_t len, cap;
+    sbuf_t copy;         /* the COPY data of one batch, and other text built per batch */
+    rt_auditrow_t *rows; /* the batch, transformed */
+    unsigned char *inserted;
+    int64_t *scratch; /* per-row numbers (minutes, days) */
+    size_t rows_cap;
+    uint64_t last_mirror_ns;
+    char *arena; /* decoded strings of the batch */
+    size_t arena_cap;
+    minute_ent_t minutes[MINUTE_CACHE];
+    size_t nminutes;
+    int64_t *days; /* UTC days whose partition is known to exist */
+    size_t ndays, days_cap;
 
     rt_etl_stats_t stats;
 };
@@ -212,8 +276,18 @@ static rt_etl_t *etl_alloc(const rt_etl_opts_t *opts)
     }
     rt_etl_t *e = calloc(1, sizeof *e);
     if (!e) abort();
-    e->conninfo = strdup(opts->conninfo);
+    const char *tgt = opts->target_conninfo && *opts->target_conninfo ? opts->target_conninfo
+                                                                       : opts->conninfo;
+    e->conninfo = strdup(tgt);
     if (!e->conninfo) abort();
+    if (opts->source_conninfo && *opts->source_conninfo &&
+        strcmp(opts->source_conninfo, tgt) != 0) {
+        e->src_conninfo = strdup(opts->source_conninfo);
+        if (!e->src_conninfo) abort();
+    } else if (tgt != opts->conninfo && strcmp(opts->conninfo, tgt) != 0) {
+        e->src_conninfo = strdup(opts->conninfo);
+        if (!e->src_conninfo) abort();
+    }
     e->mode = opts->mode;
     e->batch_size = opts->batch_size > 0 ? opts->batch_size : 1000;
     e->interval_ms = opts->interval_ms >= 0 ? opts->interval_ms : 200;
@@ -228,6 +302,7 @@ static rt_etl_t *etl_alloc(const rt_etl_opts_t *opts)
     e->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (e->wakefd < 0) {
         int err = errno;
+        free(e->src_conninfo);
         free(e->conninfo);
         free(e);
         errno = err;
@@ -261,12 +336,12 @@ rt_etl_stats_t *rt_etl_stats(rt_etl_t *e)
 /* ---- connection and SQL helpers ---------------------------------------------------- */
 
 /* The server's message (or libpq's) on one line, with the SQLSTATE. */
-static const char *errmsg_of(rt_etl_t *e, const PGresult *r)
+static const char *errmsg_conn(PGconn *c, const PGresult *r)
 {
     static _Thread_local char buf[512];
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    if (!msg || !*msg) msg = e->conn ? PQerrorMessage(e->conn) : NULL;
+    if (!msg || !*msg) msg = c ? PQerrorMessage(c) : NULL;
     if (!msg || !*msg) msg = "unknown error";
     if (state)
         snprintf(buf, sizeof buf, "%s (SQLSTATE %s)", msg, state);
@@ -275,19 +350,29 @@ static const char *errmsg_of(rt_etl_t *e, const PGresult *r)
     return rt_pg_oneline(buf);
 }
 
-/* Runs sql (with n text parameters); returns the result if its status is
- * want, else logs "what: message" and returns NULL. */
-static PGresult *run(rt_etl_t *e, const char *what, const char *sql, int n,
-                     const char *const *params, ExecStatusType want)
+static const char *errmsg_of(rt_etl_t *e, const PGresult *r)
 {
-    PGresult *r =
-        n ? PQexecParams(e->conn, sql, n, NULL, params, NULL, NULL, 0) : PQexec(e->conn, sql);
+    return errmsg_conn(e->conn, r);
+}
+
+/* Runs sql on c (with n text parameters); returns the result if its status
+ * is want, else logs "what: message" and returns NULL. */
+static PGresult *run_on(rt_etl_t *e, PGconn *c, const char *what, const char *sql, int n,
+                        const char *const *params, ExecStatusType want)
+{
+    PGresult *r = n ? PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0) : PQexec(c, sql);
     if (PQresultStatus(r) != want) {
-        if (!stopping(e)) rt_warn(COMP, "%s: %s", what, errmsg_of(e, r));
+        if (!stopping(e)) rt_warn(COMP, "%s: %s", what, errmsg_conn(c, r));
         PQclear(r);
         return NULL;
     }
     return r;
+}
+
+static PGresult *run(rt_etl_t *e, const char *what, const char *sql, int n,
+                     const char *const *params, ExecStatusType want)
+{
+    return run_on(e, e->conn, what, sql, n, params, want);
 }
 
 static int run_cmd(rt_etl_t *e, const char *what, const char *sql)
@@ -299,13 +384,17 @@ static int run_cmd(rt_etl_t *e, const char *what, const char *sql)
 
 static int conn_ok(rt_etl_t *e)
 {
-    return e->conn && PQstatus(e->conn) == CONNECTION_OK;
+    return e->conn && PQstatus(e->conn) == CONNECTION_OK &&
+           (!e->src || PQstatus(e->src) == CONNECTION_OK);
 }
 
 static void rollback(rt_etl_t *e)
 {
-    if (conn_ok(e) && PQtransactionStatus(e->conn) != PQTRANS_IDLE)
-        PQclear(PQexec(e->conn, "ROLLBACK"));
+    PGconn *cs[2] = {e->conn, e->src};
+    for (int i = 0; i < 2; i++)
+        if (cs[i] && PQstatus(cs[i]) == CONNECTION_OK &&
+            PQtransactionStatus(cs[i]) != PQTRANS_IDLE)
+            PQclear(PQexec(cs[i], "ROLLBACK"));
 }
 
 static void disconnect(rt_etl_t *e, const char *why)
@@ -314,7 +403,9 @@ static void disconnect(rt_etl_t *e, const char *why)
     if (why) rt_warn(COMP, "connection lost: %s", why);
     if (e->leader) rt_info(COMP, "no longer the ETL leader");
     PQfinish(e->conn);
+    PQfinish(e->src);
     e->conn = NULL;
+    e->src = NULL;
     e->leader = 0;
     atomic_store(&e->stats.leader, 0);
     atomic_store(&e->stats.connected, 0);
@@ -326,36 +417,55 @@ static void ignore_notice(void *arg, const char *message)
     (void)message;
 }
 
-/* Connects without blocking a stop for longer than one poll, then prepares
- * the session: ISO dates (the text the extract returns goes back in through
- * COPY), the staging table, the cursor row, and what kind of target this is. */
-static int connect_db(rt_etl_t *e)
+/* The session settings both ends need: ISO dates (dates go out as text),
+ * and UTF-8, the encoding the transform decodes JSON escapes into. */
+static PGconn *open_conn(rt_etl_t *e, const char *conninfo, const char *what)
 {
     char err[256];
-    PGconn *c = rt_pg_connect(e->conninfo, "rtbridge-etl", e->wakefd, &e->stopping,
+    PGconn *c = rt_pg_connect(conninfo, "rtbridge-etl", e->wakefd, &e->stopping,
                               CONNECT_TIMEOUT_MS, err, sizeof err);
     if (!c) {
-        if (!stopping(e)) rt_warn(COMP, "connect failed: %s", err);
-        return -1;
+        if (!stopping(e)) rt_warn(COMP, "connect to the %s failed: %s", what, err);
+        return NULL;
     }
     PQsetNoticeProcessor(c, ignore_notice, NULL);
-    e->conn = c;
+    PGresult *r = PQexec(c, "SET datestyle = 'ISO, YMD'; SET client_encoding = 'UTF8'");
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        rt_warn(COMP, "setting up the %s session: %s", what, rt_pg_oneline(PQerrorMessage(c)));
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Connects without blocking a stop for longer than one poll, then prepares
+ * the session: the staging table, the cursor row, and what kind of target
+ * this is. With a separate source, connects to it too and checks it has a
+ * journal. */
+static int connect_db(rt_etl_t *e)
+{
+    if (!(e->conn = open_conn(e, e->conninfo, e->src_conninfo ? "target" : "database")))
+        return -1;
+    e->nminutes = 0;
+    memset(e->minutes, 0, sizeof e->minutes);
+    e->ndays = 0;
 
     const char *src[1] = {SOURCE};
     PGresult *r = NULL;
-    if (run_cmd(e, "setting datestyle", "SET datestyle = 'ISO, YMD'") < 0 ||
-        run_cmd(e, "creating the staging table", STAGE_SQL) < 0)
-        goto fail;
+    if (run_cmd(e, "creating the staging table", STAGE_SQL) < 0) goto fail;
     r = run(e, "looking up audit_logs_ts",
             "SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass('audit_logs_ts'))::text,"
             " (SELECT relkind FROM pg_class WHERE oid = to_regclass('audit_logs_hourly'))::text,"
             " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),"
-            " to_regclass('rt_etl_cursor') IS NOT NULL",
+            " to_regclass('rt_etl_cursor') IS NOT NULL, to_regclass('rt_etl_hourly') IS NOT NULL",
             0, NULL, PGRES_TUPLES_OK);
     if (!r) goto fail;
-    if (PQgetisnull(r, 0, 0) || PQgetvalue(r, 0, 3)[0] != 't') {
-        rt_error(COMP,
-                 "audit_logs_ts or rt_etl_cursor does not exist (has `rtbridge migrate` run?)");
+    if (PQgetisnull(r, 0, 0) || PQgetvalue(r, 0, 3)[0] != 't' || PQgetvalue(r, 0, 4)[0] != 't') {
+        rt_error(COMP, "audit_logs_ts, rt_etl_cursor or rt_etl_hourly does not exist in the %s "
+                       "(has `rtbridge migrate` run there?)",
+                 e->src_conninfo ? "target" : "database");
         PQclear(r);
         goto fail;
     }
@@ -368,11 +478,28 @@ static int connect_db(rt_etl_t *e)
             src, PGRES_COMMAND_OK);
     if (!r) goto fail;
     PQclear(r);
+
+    if (e->src_conninfo) {
+        if (!(e->src = open_conn(e, e->src_conninfo, "source"))) goto fail;
+        r = run_on(e, e->src, "looking up rt_journal in the source",
+                   "SELECT to_regclass('rt_journal') IS NOT NULL", 0, NULL, PGRES_TUPLES_OK);
+        if (!r) goto fail;
+        int ok = PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (!ok) {
+            rt_error(COMP, "the source has no rt_journal (has `rtbridge migrate` run there?)");
+            goto fail;
+        }
+        snprintf(e->mirror_key, sizeof e->mirror_key, "%s>%s@%s:%s", SOURCE, PQdb(e->conn),
+                 PQhost(e->conn), PQport(e->conn));
+    }
     atomic_store(&e->stats.connected, 1);
     return 0;
 fail:
     PQfinish(e->conn);
+    PQfinish(e->src);
     e->conn = NULL;
+    e->src = NULL;
     return -1;
 }
 
@@ -405,75 +532,322 @@ static int64_t backoff_ms(rt_etl_t *e, unsigned attempt)
 
 /* ---- one load ---------------------------------------------------------------------- */
 
-static void buf_reserve(rt_etl_t *e, size_t more)
+static void sb_reserve(sbuf_t *b, size_t more)
 {
-    if (e->len + more <= e->cap) return;
-    size_t cap = e->cap ? e->cap : 65536;
-    while (cap < e->len + more)
+    if (b->len + more <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 65536;
+    while (cap < b->len + more)
         cap *= 2;
-    e->buf = realloc(e->buf, cap);
-    if (!e->buf) abort();
-    e->cap = cap;
+    b->p = realloc(b->p, cap);
+    if (!b->p) abort();
+    b->cap = cap;
+}
+
+static void sb_put(sbuf_t *b, const char *s, size_t n)
+{
+    sb_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void sb_putc(sbuf_t *b, char c)
+{
+    sb_reserve(b, 1);
+    b->p[b->len++] = c;
+}
+
+static void sb_i64(sbuf_t *b, int64_t v)
+{
+    char tmp[24], *o = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--o = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--o = '-';
+    sb_put(b, o, (size_t)(tmp + sizeof tmp - o));
 }
 
 /* Appends one field in COPY's text format: \N for NULL, and the four
  * characters that would end a field or a row escaped. */
-static void copy_field(rt_etl_t *e, const char *v, size_t n, int isnull)
+static void copy_field(sbuf_t *b, const char *v, size_t n)
 {
-    if (isnull) {
-        buf_reserve(e, 2);
-        memcpy(e->buf + e->len, "\\N", 2);
-        e->len += 2;
+    if (!v) {
+        sb_put(b, "\\N", 2);
         return;
     }
-    buf_reserve(e, 2 * n);
-    char *o = e->buf + e->len;
+    sb_reserve(b, 2 * n);
+    char *o = b->p + b->len;
     for (size_t i = 0; i < n; i++) {
         char c = v[i];
         switch (c) {
-        case '\\':
-            *o++ = '\\', *o++ = '\\';
-            break;
-        case '\n':
-            *o++ = '\\', *o++ = 'n';
-            break;
-        case '\r':
-            *o++ = '\\', *o++ = 'r';
-            break;
-        case '\t':
-            *o++ = '\\', *o++ = 't';
-            break;
-        default:
-            *o++ = c;
-            break;
+        case '\\': *o++ = '\\', *o++ = '\\'; break;
+        case '\n': *o++ = '\\', *o++ = 'n'; break;
+        case '\r': *o++ = '\\', *o++ = 'r'; break;
+        case '\t': *o++ = '\\', *o++ = 't'; break;
+        default: *o++ = c; break;
         }
     }
-    e->len = (size_t)(o - e->buf);
+    b->len = (size_t)(o - b->p);
+}
+
+/* One element of an array literal: NULL, or the text double-quoted. */
+static void array_text(sbuf_t *b, const char *v, size_t n)
+{
+    if (!v) {
+        sb_put(b, "NULL", 4);
+        return;
+    }
+    sb_reserve(b, 2 * n + 2);
+    char *o = b->p + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '"' || v[i] == '\\') *o++ = '\\';
+        *o++ = v[i];
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+}
+
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts v[0..n) and drops repeats; returns the new count. */
+static size_t sort_unique(int64_t *v, size_t n)
+{
+    if (n < 2) return n;
+    qsort(v, n, sizeof *v, cmp_i64);
+    size_t k = 1;
+    for (size_t i = 1; i < n; i++)
+        if (v[i] != v[k - 1]) v[k++] = v[i];
+    return k;
+}
+
+/* Parses the batch's payloads into e->rows. Each row's strings point into
+ * e->arena and into rows, which must outlive them. A row without a usable
+ * created_at takes the journal's time. */
+static void transform(rt_etl_t *e, const PGresult *rows, int n)
+{
+    if ((size_t)n > e->rows_cap) {
+        e->rows_cap = (size_t)n;
+        e->rows = realloc(e->rows, e->rows_cap * sizeof *e->rows);
+        e->inserted = realloc(e->inserted, e->rows_cap);
+        e->scratch = realloc(e->scratch, e->rows_cap * sizeof *e->scratch);
+        if (!e->rows || !e->inserted || !e->scratch) abort();
+    }
+    size_t need = 0;
+    for (int i = 0; i < n; i++)
+        need += (size_t)PQgetlength(rows, i, X_PAYLOAD);
+    if (need > e->arena_cap) {
+        e->arena_cap = need + 4096;
+        free(e->arena);
+        e->arena = malloc(e->arena_cap);
+        if (!e->arena) abort();
+    }
+    char *a = e->arena;
+    for (int i = 0; i < n; i++) {
+        size_t len = (size_t)PQgetlength(rows, i, X_PAYLOAD);
+        rt_auditrow_t *row = &e->rows[i];
+        rt_auditrow_parse(PQgetvalue(rows, i, X_PAYLOAD), len, a, row);
+        a += len;
+        if (!row->has_time) {
+            row->has_time = 1;
+            row->time_local = 0;
+            row->utc_us = strtoll(PQgetvalue(rows, i, X_JTIME_US), NULL, 10);
+        }
+    }
+}
+
+static size_t minute_slot(int64_t local)
+{
+    return (size_t)(((uint64_t)local * 0x9E3779B97F4A7C15u) >> 54) & (MINUTE_CACHE - 1);
+}
+
+static minute_ent_t *minute_find(rt_etl_t *e, int64_t local)
+{
+    for (size_t i = minute_slot(local);; i = (i + 1) & (MINUTE_CACHE - 1)) {
+        if (!e->minutes[i].used) return NULL;
+        if (e->minutes[i].local == local) return &e->minutes[i];
+    }
+}
+
+static void minute_add(rt_etl_t *e, int64_t local, int64_t utc_s)
+{
+    if (e->nminutes >= MINUTE_CACHE / 2) {
+        memset(e->minutes, 0, sizeof e->minutes);
+        e->nminutes = 0;
+    }
+    size_t i = minute_slot(local);
+    while (e->minutes[i].used)
+        i = (i + 1) & (MINUTE_CACHE - 1);
+    e->minutes[i] = (minute_ent_t){.local = local, .utc_s = utc_s, .used = 1};
+    e->nminutes++;
+}
+
+/* Times without an offset are wall-clock times in the target session's zone
+ * (the SQL transform read them so). The instant each wall-clock minute
+ * begins at comes from the server, once per minute (cached), so a row's
+ * instant is exact and matches what PostgreSQL would make of the text. */
+static int resolve_minutes(rt_etl_t *e, int n)
+{
+    size_t k = 0;
+    for (int i = 0; i < n; i++)
+        if (e->rows[i].time_local && !minute_find(e, e->rows[i].local_minute))
+            e->scratch[k++] = e->rows[i].local_minute;
+    if (k > 0) {
+        k = sort_unique(e->scratch, k);
+        e->copy.len = 0;
+        sb_putc(&e->copy, '{');
+        for (size_t i = 0; i < k; i++) {
+            if (i) sb_putc(&e->copy, ',');
+            sb_i64(&e->copy, e->scratch[i]);
+        }
+        sb_put(&e->copy, "}", 2);
+        const char *p[1] = {e->copy.p};
+        PGresult *r = run(e, "reading wall-clock times", MINUTES_SQL, 1, p, PGRES_TUPLES_OK);
+        if (!r) return -1;
+        /* More minutes than the cache holds: resolve the rest by the result. */
+        for (int i = 0; i < PQntuples(r); i++)
+            minute_add(e, strtoll(PQgetvalue(r, i, 0), NULL, 10),
+                       strtoll(PQgetvalue(r, i, 1), NULL, 10));
+        for (int i = 0; i < n; i++) {
+            rt_auditrow_t *row = &e->rows[i];
+            if (!row->time_local) continue;
+            minute_ent_t *m = minute_find(e, row->local_minute);
+            if (m) {
+                rt_auditrow_set_utc(row, m->utc_s);
+                continue;
+            }
+            for (int j = 0; j < PQntuples(r); j++)
+                if (strtoll(PQgetvalue(r, j, 0), NULL, 10) == row->local_minute) {
+                    rt_auditrow_set_utc(row, strtoll(PQgetvalue(r, j, 1), NULL, 10));
+                    break;
+                }
+        }
+        PQclear(r);
+    }
+    for (int i = 0; i < n; i++) {
+        rt_auditrow_t *row = &e->rows[i];
+        if (!row->time_local) continue;
+        minute_ent_t *m = minute_find(e, row->local_minute);
+        if (!m) {
+            rt_error(COMP, "no instant for wall-clock minute %lld", (long long)row->local_minute);
+            return -1;
+        }
+        rt_auditrow_set_utc(row, m->utc_s);
+    }
+    return 0;
+}
+
+/* Creates the partitions of the batch's UTC days that are not known to
+ * exist (a row of a day without one: late data, a clock past midnight).
+ * *created receives how many were made. */
+static int ensure_days(rt_etl_t *e, int n, long long *created)
+{
+    *created = 0;
+    if (!e->partitioned) return 0;
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        if (!e->rows[i].has_log_id) continue;
+        int64_t day = floor_div(e->rows[i].utc_us, 86400LL * 1000000);
+        int known = 0;
+        for (size_t j = 0; j < e->ndays && !known; j++)
+            known = e->days[j] == day;
+        if (!known) e->scratch[k++] = day;
+    }
+    if (k == 0) return 0;
+    k = sort_unique(e->scratch, k);
+    e->copy.len = 0;
+    sb_putc(&e->copy, '{');
+    for (size_t i = 0; i < k; i++) {
+        int64_t y;
+        unsigned m, d;
+        rt_civil_from_days(e->scratch[i], &y, &m, &d);
+        char tmp[32];
+        int len = snprintf(tmp, sizeof tmp, "%s%04lld-%02u-%02u", i ? "," : "", (long long)y, m, d);
+        sb_put(&e->copy, tmp, (size_t)len);
+    }
+    sb_put(&e->copy, "}", 2);
+    const char *p[1] = {e->copy.p};
+    PGresult *r = run(e, "creating partitions", ENSURE_DAYS_SQL, 1, p, PGRES_TUPLES_OK);
+    if (!r) return -1;
+    *created = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    /* Known from now on (only this session's retention drops partitions,
+     * and it forgets them then). */
+    if (e->ndays + k > e->days_cap) {
+        e->days_cap = (e->ndays + k) * 2;
+        e->days = realloc(e->days, e->days_cap * sizeof *e->days);
+        if (!e->days) abort();
+    }
+    memcpy(e->days + e->ndays, e->scratch, k * sizeof *e->days);
+    e->ndays += k;
+    return 0;
 }
 
 static int copy_flush(rt_etl_t *e)
 {
-    if (e->len && PQputCopyData(e->conn, e->buf, (int)e->len) != 1) return -1;
-    e->len = 0;
+    if (e->copy.len && PQputCopyData(e->conn, e->copy.p, (int)e->copy.len) != 1) return -1;
+    e->copy.len = 0;
     return 0;
 }
 
-/* COPYs the transformed rows into the staging table. */
-static int stage_rows(rt_etl_t *e, const PGresult *rows)
+/* COPYs the batch's loadable rows (those with a log_id) with sql; with_ord
+ * adds each row's place in the batch as a last column. Returns 0, or -1 with
+ * *server_error set if the server refused the data (the connection is fine,
+ * the transaction aborted). */
+static int copy_rows(rt_etl_t *e, const char *what, const char *sql, int with_ord, int n,
+                     int *server_error)
 {
-    PGresult *r = run(e, "starting COPY", "COPY rt_etl_stage FROM STDIN", 0, NULL, PGRES_COPY_IN);
+    *server_error = 0;
+    PGresult *r = run(e, what, sql, 0, NULL, PGRES_COPY_IN);
     if (!r) return -1;
     PQclear(r);
-    e->len = 0;
-    int n = PQntuples(rows), failed = 0;
+    sbuf_t *b = &e->copy;
+    b->len = 0;
+    int failed = 0;
+    char ts[32];
     for (int i = 0; i < n && !failed; i++) {
-        for (int c = X_FIRST_STAGED; c < X_NCOLS; c++) {
-            copy_field(e, PQgetvalue(rows, i, c), (size_t)PQgetlength(rows, i, c),
-                       PQgetisnull(rows, i, c));
-            buf_reserve(e, 1);
-            e->buf[e->len++] = c + 1 < X_NCOLS ? '\t' : '\n';
+        const rt_auditrow_t *row = &e->rows[i];
+        if (!row->has_log_id) continue;
+        sb_put(b, ts, rt_format_utc(row->utc_us, ts));
+        sb_putc(b, '\t');
+        sb_i64(b, row->log_id);
+        sb_putc(b, '\t');
+        copy_field(b, row->event_type.ptr, row->event_type.len);
+        sb_putc(b, '\t');
+        copy_field(b, row->intent_id[0] ? row->intent_id : NULL, 36);
+        sb_putc(b, '\t');
+        copy_field(b, row->actor.ptr, row->actor.len);
+        sb_putc(b, '\t');
+        copy_field(b, row->bridge_type.ptr, row->bridge_type.len);
+        sb_putc(b, '\t');
+        copy_field(b, row->status_from.ptr, row->status_from.len);
+        sb_putc(b, '\t');
+        copy_field(b, row->status_to.ptr, row->status_to.len);
+        sb_putc(b, '\t');
+        copy_field(b, row->payload.ptr, row->payload.len);
+        sb_putc(b, '\t');
+        if (row->has_duration)
+            sb_i64(b, row->duration_ms);
+        else
+            sb_put(b, "\\N", 2);
+        sb_putc(b, '\t');
+        sb_put(b, row->success < 0 ? "\\N" : row->success ? "t" : "f", row->success < 0 ? 2 : 1);
+        if (with_ord) {
+            sb_putc(b, '\t');
+            sb_i64(b, i);
         }
-        if (e->len >= COPY_FLUSH && copy_flush(e) < 0) failed = 1;
+        sb_putc(b, '\n');
+        if (b->len >= COPY_FLUSH && copy_flush(e) < 0) failed = 1;
     }
     if (!failed && copy_flush(e) < 0) failed = 1;
     if (PQputCopyEnd(e->conn, failed ? "rtbridge: sending COPY data failed" : NULL) != 1)
@@ -481,7 +855,12 @@ static int stage_rows(rt_etl_t *e, const PGresult *rows)
     int ok = 1;
     while ((r = PQgetResult(e->conn)) != NULL) {
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            rt_warn(COMP, "COPY into the staging table: %s", errmsg_of(e, r));
+            if (!failed && PQstatus(e->conn) == CONNECTION_OK) *server_error = 1;
+            if (with_ord || !*server_error)
+                rt_warn(COMP, "%s: %s", what, errmsg_of(e, r));
+            else
+                rt_info(COMP, "%s: %s; loading the batch again through a staging table", what,
+                        errmsg_of(e, r));
             ok = 0;
         }
         PQclear(r);
@@ -489,14 +868,140 @@ static int stage_rows(rt_etl_t *e, const PGresult *rows)
     return ok && !failed ? 0 : -1;
 }
 
+/* The fallback: COPY into the staging table, then INSERT the rows not there
+ * yet; marks e->inserted. */
+static int load_staged(rt_etl_t *e, int n)
+{
+    int server_error;
+    if (copy_rows(e, "copying into the staging table",
+                  "COPY rt_etl_stage_rows (" TS_COLUMNS ", ord) FROM STDIN", 1, n,
+                  &server_error) < 0)
+        return -1;
+    PGresult *r = run(e, "loading audit_logs_ts", INSERT_SQL, 0, NULL, PGRES_TUPLES_OK);
+    if (!r) return -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        long ord = atol(PQgetvalue(r, i, 0));
+        if (ord >= 0 && ord < n) e->inserted[ord] = 1;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* One group of the hourly rollup. */
+typedef struct grp {
+    const rt_auditrow_t *key; /* the first row of the group */
+    int64_t bucket;           /* seconds since the epoch, a whole UTC hour */
+    int64_t n, dn, ds, ok, ko;
+} grp_t;
+
+static int same_str(rt_str_t a, rt_str_t b)
+{
+    if (!a.ptr || !b.ptr) return !a.ptr && !b.ptr;
+    return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
+}
+
+static uint64_t hash_str(uint64_t h, rt_str_t s)
+{
+    if (!s.ptr) return (h ^ 0xFF) * 0x100000001b3u;
+    for (size_t i = 0; i < s.len; i++)
+        h = (h ^ (unsigned char)s.ptr[i]) * 0x100000001b3u;
+    return (h ^ 0xFE) * 0x100000001b3u;
+}
+
+/* Adds the counts of the rows inserted by this batch to the hourly rollup,
+ * grouped here by (UTC hour, event_type, actor). */
+static int rollup(rt_etl_t *e, int n)
+{
+    size_t cap = 16;
+    while (cap < (size_t)n * 2)
+        cap *= 2;
+    grp_t *g = calloc(cap, sizeof *g);
+    if (!g) abort();
+    size_t ngroups = 0;
+    for (int i = 0; i < n; i++) {
+        if (!e->inserted[i]) continue;
+        const rt_auditrow_t *row = &e->rows[i];
+        int64_t bucket = floor_div(row->utc_us, 3600LL * 1000000) * 3600;
+        uint64_t h = 0xcbf29ce484222325u ^ (uint64_t)bucket;
+        h = hash_str(hash_str(h * 0x100000001b3u, row->event_type), row->actor);
+        size_t s = (size_t)(h & (cap - 1));
+        while (g[s].key && !(g[s].bucket == bucket && same_str(g[s].key->event_type, row->event_type) &&
+                             same_str(g[s].key->actor, row->actor)))
+            s = (s + 1) & (cap - 1);
+        if (!g[s].key) {
+            g[s].key = row;
+            g[s].bucket = bucket;
+            ngroups++;
+        }
+        g[s].n++;
+        if (row->has_duration) g[s].dn++, g[s].ds += row->duration_ms;
+        if (row->success == 1) g[s].ok++;
+        if (row->success == 0) g[s].ko++;
+    }
+    int rc = 0;
+    if (ngroups > 0) {
+        /* Eight array literals, one after the other, NUL-separated. */
+        sbuf_t *b = &e->copy;
+        b->len = 0;
+        size_t off[8];
+        for (int col = 0; col < 8; col++) {
+            off[col] = b->len;
+            sb_putc(b, '{');
+            int first = 1;
+            for (size_t s = 0; s < cap; s++) {
+                if (!g[s].key) continue;
+                if (!first) sb_putc(b, ',');
+                first = 0;
+                switch (col) {
+                case 0: sb_i64(b, g[s].bucket); break;
+                case 1: array_text(b, g[s].key->event_type.ptr, g[s].key->event_type.len); break;
+                case 2: array_text(b, g[s].key->actor.ptr, g[s].key->actor.len); break;
+                case 3: sb_i64(b, g[s].n); break;
+                case 4: sb_i64(b, g[s].dn); break;
+                case 5: sb_i64(b, g[s].ds); break;
+                case 6: sb_i64(b, g[s].ok); break;
+                default: sb_i64(b, g[s].ko); break;
+                }
+            }
+            sb_put(b, "}", 2);
+        }
+        const char *p[8];
+        for (int col = 0; col < 8; col++)
+            p[col] = b->p + off[col];
+        PGresult *r = run(e, "updating audit_logs_hourly", ROLLUP_SQL, 8, p, PGRES_COMMAND_OK);
+        if (!r) rc = -1;
+        PQclear(r);
+    }
+    free(g);
+    return rc;
+}
+
+/* Writes the committed cursor into the source under the mirror key (see
+ * MIRROR_SQL); at most once a second while a catch-up runs. */
+static void mirror_cursor(rt_etl_t *e, const PGresult *cur, int cut)
+{
+    uint64_t now = rt_mono_ns();
+    if (cut && now - e->last_mirror_ns < 1000000000u) return;
+    const char *p[4] = {e->mirror_key, PQgetvalue(cur, 0, 0), PQgetvalue(cur, 0, 1),
+                        PQgetvalue(cur, 0, 2)};
+    PGresult *r = run_on(e, e->src, "copying the cursor into the source", MIRROR_SQL, 4, p,
+                         PGRES_COMMAND_OK);
+    if (r) e->last_mirror_ns = now;
+    PQclear(r);
+}
+
 /* One load transaction (see the top of the file). *more is set when the batch
- * was full, so more rows may be waiting. Returns 0 or -1 (rolled back). */
-static int load_batch(rt_etl_t *e, int *more)
+ * was full, so more rows may be waiting. Returns 0, -1 (rolled back), or 1:
+ * the COPY straight into audit_logs_ts was refused (a row already there, no
+ * partition for a day), rolled back; load the batch again with safe set,
+ * through the staging table. */
+static int load_batch(rt_etl_t *e, int *more, int safe)
 {
     uint64_t t0 = rt_mono_ns();
-    PGresult *cur = NULL, *rows = NULL, *r = NULL;
+    PGresult *cur = NULL, *snap = NULL, *rows = NULL, *r = NULL, *upd = NULL;
     long long inserted = 0, bad = 0, skipped = 0, created = 0;
-    double lag = 0;
+    int64_t lag_us = 0;
+    int rc = -1;
     *more = 0;
 
     if (run_cmd(e, "starting a load", "BEGIN ISOLATION LEVEL REPEATABLE READ") < 0) return -1;
@@ -507,59 +1012,81 @@ static int load_batch(rt_etl_t *e, int *more)
         rt_error(COMP, "the cursor row of '%s' is missing from rt_etl_cursor", SOURCE);
         goto fail;
     }
-    const char *S = PQgetvalue(cur, 0, 0), *X = PQgetvalue(cur, 0, 1), *P = PQgetvalue(cur, 0, 2);
-    const char *N = PQgetvalue(cur, 0, 3), *NX = PQgetvalue(cur, 0, 4);
+    const char *S = PQgetvalue(cur, 0, C_SEQ), *X = PQgetvalue(cur, 0, C_XMIN);
+    const char *P = PQgetvalue(cur, 0, C_SNAP);
+    const char *N = PQgetvalue(cur, 0, C_NOW_SNAP), *NX = PQgetvalue(cur, 0, C_NOW_XMIN);
+    PGconn *sc = e->conn;
+    if (e->src) {
+        /* The snapshot that counts is the source's: take it and extract in
+         * one transaction there. */
+        sc = e->src;
+        r = run_on(e, sc, "starting an extract", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                   0, NULL, PGRES_COMMAND_OK);
+        if (!r) goto fail;
+        PQclear(r);
+        snap = run_on(e, sc, "reading the source's snapshot", SOURCE_SNAPSHOT_SQL, 0, NULL,
+                      PGRES_TUPLES_OK);
+        if (!snap) goto fail;
+        N = PQgetvalue(snap, 0, 0);
+        NX = PQgetvalue(snap, 0, 1);
+    }
     char batch[24];
     snprintf(batch, sizeof batch, "%" PRId64, e->batch_size);
     const char *xp[4] = {S, X, P, batch};
-    rows = run(e, "extracting from rt_journal", EXTRACT_SQL, 4, xp, PGRES_TUPLES_OK);
+    rows = run_on(e, sc, "extracting from rt_journal", EXTRACT_SQL, 4, xp, PGRES_TUPLES_OK);
     if (!rows) goto fail;
     int n = PQntuples(rows);
     int64_t last = n ? strtoll(PQgetvalue(rows, n - 1, X_SEQ), NULL, 10) : 0;
-
-    if (n > 0) {
-        if (stage_rows(e, rows) < 0) goto fail;
-        if (e->partitioned) {
-            /* A row of a day without a partition (late data, a clock
-             * crossing midnight) gets one now, inside this transaction. */
-            if (!(r = run(e, "creating partitions", ENSURE_STAGED_SQL, 0, NULL, PGRES_TUPLES_OK)))
-                goto fail;
-            created = atoll(PQgetvalue(r, 0, 0));
-            PQclear(r);
-        }
-        if (!(r = run(e, "loading audit_logs_ts", INSERT_SQL, 0, NULL, PGRES_TUPLES_OK))) goto fail;
-        inserted = atoll(PQgetvalue(r, 0, 0));
-        bad = atoll(PQgetvalue(r, 0, 1));
-        skipped = atoll(PQgetvalue(r, 0, 2));
-        if (e->maintain_hourly && !PQgetisnull(r, 0, 3)) {
-            const char *hp[1] = {PQgetvalue(r, 0, 3)};
-            PGresult *h = run(e, "updating audit_logs_hourly", HOURLY_SQL, 1, hp, PGRES_COMMAND_OK);
-            if (!h) goto fail;
-            PQclear(h);
-        }
+    int cut = n >= e->batch_size;
+    if (cut) {
+        /* Lag: how far the newest row loaded is behind the newest row there is. */
+        r = run_on(e, sc, "reading the newest journal row", NEWEST_SQL, 0, NULL, PGRES_TUPLES_OK);
+        if (!r) goto fail;
+        if (PQntuples(r) == 1)
+            lag_us = strtoll(PQgetvalue(r, 0, 0), NULL, 10) -
+                     strtoll(PQgetvalue(rows, n - 1, X_JTIME_US), NULL, 10);
+        PQclear(r);
+        r = NULL;
+    }
+    if (e->src) {
+        r = run_on(e, sc, "ending an extract", "COMMIT", 0, NULL, PGRES_COMMAND_OK);
+        if (!r) goto fail;
         PQclear(r);
         r = NULL;
     }
 
-    int cut = n >= e->batch_size;
+    if (n > 0) {
+        transform(e, rows, n);
+        if (resolve_minutes(e, n) < 0 || ensure_days(e, n, &created) < 0) goto fail;
+        memset(e->inserted, 0, (size_t)n);
+        if (!safe) {
+            int server_error;
+            if (copy_rows(e, "copying into audit_logs_ts",
+                          "COPY audit_logs_ts (" TS_COLUMNS ") FROM STDIN", 0, n,
+                          &server_error) < 0) {
+                if (server_error && conn_ok(e)) rc = 1;
+                goto fail;
+            }
+            for (int i = 0; i < n; i++)
+                e->inserted[i] = (unsigned char)e->rows[i].has_log_id;
+        } else {
+            if (load_staged(e, n) < 0) goto fail;
+            atomic_fetch_add_explicit(&e->stats.fallbacks, 1, memory_order_relaxed);
+        }
+        for (int i = 0; i < n; i++) {
+            if (!e->rows[i].has_log_id) skipped++;
+            if (e->inserted[i]) inserted++, bad += e->rows[i].bad;
+        }
+        if (e->maintain_hourly && inserted > 0 && rollup(e, n) < 0) goto fail;
+    }
+
     int64_t s0 = strtoll(S, NULL, 10);
     char news[24], loaded[24];
     snprintf(news, sizeof news, "%" PRId64, cut ? last : (last > s0 ? last : s0));
     snprintf(loaded, sizeof loaded, "%lld", inserted);
-    if (cut) {
-        /* Lag: how far the newest row loaded is behind the newest row there is. */
-        if (!(r = run(e, "reading the newest journal row", NEWEST_SQL, 0, NULL, PGRES_TUPLES_OK)))
-            goto fail;
-        if (PQntuples(r) == 1)
-            lag =
-                strtod(PQgetvalue(r, 0, 0), NULL) - strtod(PQgetvalue(rows, n - 1, X_JTIME), NULL);
-        PQclear(r);
-        r = NULL;
-    }
     const char *up[5] = {SOURCE, news, cut ? X : NX, N, loaded};
-    if (!(r = run(e, "advancing the cursor", UPDATE_CURSOR_SQL, 5, up, PGRES_COMMAND_OK)))
+    if (!(upd = run(e, "advancing the cursor", UPDATE_CURSOR_SQL, 5, up, PGRES_TUPLES_OK)))
         goto fail;
-    PQclear(r);
     r = run(e, "committing a load", "COMMIT", 0, NULL, PGRES_COMMAND_OK);
     if (!r) goto fail;
     int committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
@@ -569,6 +1096,7 @@ static int load_batch(rt_etl_t *e, int *more)
         rt_warn(COMP, "a load was rolled back by the server");
         goto fail;
     }
+    if (e->src && PQntuples(upd) == 1) mirror_cursor(e, upd, cut);
 
     rt_etl_stats_t *st = &e->stats;
     atomic_fetch_add_explicit(&st->rows_read, (uint_fast64_t)n, memory_order_relaxed);
@@ -579,7 +1107,7 @@ static int load_batch(rt_etl_t *e, int *more)
     atomic_fetch_add_explicit(&st->partitions_created, (uint_fast64_t)created,
                               memory_order_relaxed);
     atomic_store_explicit(&st->cursor_seq, strtoll(news, NULL, 10), memory_order_relaxed);
-    atomic_store_explicit(&st->lag_ms, lag > 0 ? (uint_fast64_t)(lag * 1000) : 0,
+    atomic_store_explicit(&st->lag_ms, lag_us > 0 ? (uint_fast64_t)(lag_us / 1000) : 0,
                           memory_order_relaxed);
     if (n > 0) {
         atomic_fetch_add_explicit(&st->batches, 1, memory_order_relaxed);
@@ -588,16 +1116,20 @@ static int load_batch(rt_etl_t *e, int *more)
                  inserted, n, bad, skipped, news);
     }
     if (created) rt_info(COMP, "created %lld partition(s) of audit_logs_ts on demand", created);
-    PQclear(rows);
-    PQclear(cur);
     *more = cut;
-    return 0;
+    rc = 0;
+    goto out;
 fail:
+    rollback(e);
+    /* What was made in the rolled-back transaction is gone again. */
+    e->ndays = 0;
+out:
+    PQclear(upd);
     PQclear(r);
     PQclear(rows);
+    PQclear(snap);
     PQclear(cur);
-    rollback(e);
-    return -1;
+    return rc;
 }
 
 /* Loads until a batch comes back short (caught up with its snapshot), or a
@@ -606,7 +1138,9 @@ static int run_pass(rt_etl_t *e)
 {
     for (;;) {
         int more;
-        if (load_batch(e, &more) < 0) {
+        int rc = load_batch(e, &more, 0);
+        if (rc == 1) rc = load_batch(e, &more, 1);
+        if (rc < 0) {
             atomic_fetch_add_explicit(&e->stats.errors, 1, memory_order_relaxed);
             return -1;
         }
@@ -675,6 +1209,7 @@ static int maintenance(rt_etl_t *e, int retain)
             atomic_fetch_add(&e->stats.partitions_dropped, (uint_fast64_t)dropped);
             if (dropped)
                 rt_info(COMP, "retention: dropped %d partition(s) of audit_logs_ts", dropped);
+            e->ndays = 0; /* forget the partitions known to exist */
         }
     } else if (e->hypertable) {
         r = run(e, "retention (drop_chunks)",
@@ -872,7 +1407,13 @@ void rt_etl_free(rt_etl_t *e)
     rt_etl_stop(e);
     disconnect(e, NULL);
     if (e->wakefd >= 0) close(e->wakefd);
-    free(e->buf);
+    free(e->copy.p);
+    free(e->rows);
+    free(e->inserted);
+    free(e->scratch);
+    free(e->arena);
+    free(e->days);
+    free(e->src_conninfo);
     free(e->conninfo);
     free(e);
 }
@@ -898,6 +1439,7 @@ static void stats_copy(rt_etl_stats_t *to, rt_etl_stats_t *from)
     COPY_FIELD(partitions_dropped);
     COPY_FIELD(reconnects);
     COPY_FIELD(errors);
+    COPY_FIELD(fallbacks);
 #undef COPY_FIELD
 }
 
@@ -925,6 +1467,8 @@ void rt_etl_opts_from_config(rt_etl_opts_t *o, const rt_config_t *cfg)
 {
     memset(o, 0, sizeof *o);
     o->conninfo = cfg->database_url;
+    o->source_conninfo = cfg->etl_source_url;
+    o->target_conninfo = cfg->etl_target_url;
     o->mode = (rt_etl_mode_t)cfg->etl_mode;
     o->batch_size = cfg->etl_batch_size;
     o->interval_ms = cfg->etl_interval_ms;
@@ -988,7 +1532,8 @@ int rt_etl_cmd(const rt_config_t *cfg, FILE *out)
     }
     if (bus) {
         rt_listener_opts_t lo = {
-            .conninfo = cfg->database_url,
+            .conninfo = cfg->etl_source_url && *cfg->etl_source_url ? cfg->etl_source_url
+                                                                    : cfg->database_url,
             .channels = "audit_log_created",
             .reconnect_min_ms = cfg->reconnect_min_ms,
             .reconnect_max_ms = cfg->reconnect_max_ms,

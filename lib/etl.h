@@ -42,7 +42,9 @@
 #include <stdio.h>
 
 typedef struct rt_etl_opts {
-    const char *conninfo; /* URL or key=value string; source and target */
+    const char *conninfo;        /* URL or key=value string; source and target by default */
+    const char *source_conninfo; /* where rt_journal is, if not conninfo (may be NULL) */
+    const char *target_conninfo; /* where audit_logs_ts and the cursor are, if not conninfo */
     rt_etl_mode_t mode;
     int64_t batch_size;       /* rows per load transaction; 0 = 1000 */
     int64_t interval_ms;      /* wait from the first pending event to the load */
@@ -73,6 +75,7 @@ typedef struct rt_etl_stats {
     atomic_uint_fast64_t partitions_dropped;
     atomic_uint_fast64_t reconnects; /* successful connects after a loss */
     atomic_uint_fast64_t errors;     /* failed load transactions (retried) */
+    atomic_uint_fast64_t fallbacks;  /* batches loaded through the staging table */
 } rt_etl_stats_t;
 
 typedef struct rt_etl rt_etl_t;

@@ -25,7 +25,8 @@ static void usage(FILE *out)
                  "  migrate   apply the schema in schema/ (idempotent)\n"
                  "  tail      print every event as it arrives, one line each\n"
                  "  etl       run the audit-log ETL alone (--mode event|polling|hybrid,\n"
-                 "            --batch-size N, --once: load what is pending and exit)\n"
+                 "            --batch-size N, --source-url URL, --target-url URL,\n"
+                 "            --once: load what is pending and exit)\n"
                  "  version   print the version\n"
                  "  help      this text\n\n"
                  "Flags (each also read from its environment variable):\n",
@@ -59,7 +60,9 @@ static int cmd_migrate(const rt_config_t *cfg)
 static void etl_aliases(int argc, char **argv)
 {
     static const char *const alias[][2] = {{"--mode", "--etl-mode"},
-                                           {"--batch-size", "--etl-batch-size"}};
+                                           {"--batch-size", "--etl-batch-size"},
+                                           {"--source-url", "--etl-source-url"},
+                                           {"--target-url", "--etl-target-url"}};
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) return;
         for (size_t k = 0; k < sizeof alias / sizeof alias[0]; k++) {
