@@ -123,13 +123,27 @@ static const char *scan_value(const char *p, const char *e, jval_t *v)
     if (p >= e) return NULL;
     v->s = p;
     switch (*p) {
-    case '{': v->t = J_OBJECT; break;
-    case '[': v->t = J_ARRAY; break;
-    case '"': v->t = J_STRING; break;
-    case 't': v->t = J_TRUE; break;
-    case 'f': v->t = J_FALSE; break;
-    case 'n': v->t = J_NULL; break;
-    default: v->t = J_NUMBER; break;
+    case '{':
+        v->t = J_OBJECT;
+        break;
+    case '[':
+        v->t = J_ARRAY;
+        break;
+    case '"':
+        v->t = J_STRING;
+        break;
+    case 't':
+        v->t = J_TRUE;
+        break;
+    case 'f':
+        v->t = J_FALSE;
+        break;
+    case 'n':
+        v->t = J_NULL;
+        break;
+    default:
+        v->t = J_NUMBER;
+        break;
     }
     for (;;) {
         if (want_value) {
@@ -237,11 +251,21 @@ static long decode_string(const jval_t *v, char *out, size_t *chars)
         }
         p++;
         switch (*p++) {
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;
-        case 't': *o++ = '\t'; break;
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
         case 'u': {
             unsigned cp = hex4(p);
             p += 4;
@@ -257,7 +281,9 @@ static long decode_string(const jval_t *v, char *out, size_t *chars)
             o = put_utf8(o, cp);
             break;
         }
-        default: *o++ = p[-1]; break; /* \" \\ \/ */
+        default:
+            *o++ = p[-1];
+            break; /* \" \\ \/ */
         }
         n++;
     }
@@ -298,7 +324,7 @@ int rt_json_integral(const char *s, size_t n, int64_t lo, int64_t hi, int64_t *o
     /* The digits as one sequence d[0..nd) (integer part, then fraction);
      * the value is d * 10^(exp - nfrac). */
     long ni = (long)(ie - ib), nf = (long)(fe - fb), nd = ni + nf;
-#define DIGIT(k) ((k) < ni ? ib[(k)] : fb[(k) - ni])
+#define DIGIT(k) ((k) < ni ? ib[(k)] : fb[(k)-ni])
     long first = 0, last = nd - 1;
     while (first < nd && DIGIT(first) == '0')
         first++;
@@ -569,7 +595,7 @@ void rt_auditrow_parse(const char *json, size_t len, char *scratch, rt_auditrow_
         bad = 1;
     }
     rt_str_t t = f[F_CREATED_AT].t == J_STRING ? text_field(&f[F_CREATED_AT], 64, &scratch, &bad)
-                                                : (rt_str_t){NULL, 0};
+                                               : (rt_str_t){NULL, 0};
     if (!t.ptr || rt_auditrow_parse_time(t.ptr, t.len, row) < 0) bad = 1;
 
     jval_t *pl = &f[F_PAYLOAD];

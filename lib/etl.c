@@ -276,8 +276,8 @@ static rt_etl_t *etl_alloc(const rt_etl_opts_t *opts)
     }
     rt_etl_t *e = calloc(1, sizeof *e);
     if (!e) abort();
-    const char *tgt = opts->target_conninfo && *opts->target_conninfo ? opts->target_conninfo
-                                                                       : opts->conninfo;
+    const char *tgt =
+        opts->target_conninfo && *opts->target_conninfo ? opts->target_conninfo : opts->conninfo;
     e->conninfo = strdup(tgt);
     if (!e->conninfo) abort();
     if (opts->source_conninfo && *opts->source_conninfo &&
@@ -392,8 +392,7 @@ static void rollback(rt_etl_t *e)
 {
     PGconn *cs[2] = {e->conn, e->src};
     for (int i = 0; i < 2; i++)
-        if (cs[i] && PQstatus(cs[i]) == CONNECTION_OK &&
-            PQtransactionStatus(cs[i]) != PQTRANS_IDLE)
+        if (cs[i] && PQstatus(cs[i]) == CONNECTION_OK && PQtransactionStatus(cs[i]) != PQTRANS_IDLE)
             PQclear(PQexec(cs[i], "ROLLBACK"));
 }
 
@@ -422,8 +421,8 @@ static void ignore_notice(void *arg, const char *message)
 static PGconn *open_conn(rt_etl_t *e, const char *conninfo, const char *what)
 {
     char err[256];
-    PGconn *c = rt_pg_connect(conninfo, "rtbridge-etl", e->wakefd, &e->stopping,
-                              CONNECT_TIMEOUT_MS, err, sizeof err);
+    PGconn *c = rt_pg_connect(conninfo, "rtbridge-etl", e->wakefd, &e->stopping, CONNECT_TIMEOUT_MS,
+                              err, sizeof err);
     if (!c) {
         if (!stopping(e)) rt_warn(COMP, "connect to the %s failed: %s", what, err);
         return NULL;
@@ -446,8 +445,7 @@ static PGconn *open_conn(rt_etl_t *e, const char *conninfo, const char *what)
  * journal. */
 static int connect_db(rt_etl_t *e)
 {
-    if (!(e->conn = open_conn(e, e->conninfo, e->src_conninfo ? "target" : "database")))
-        return -1;
+    if (!(e->conn = open_conn(e, e->conninfo, e->src_conninfo ? "target" : "database"))) return -1;
     e->nminutes = 0;
     memset(e->minutes, 0, sizeof e->minutes);
     e->ndays = 0;
@@ -463,8 +461,9 @@ static int connect_db(rt_etl_t *e)
             0, NULL, PGRES_TUPLES_OK);
     if (!r) goto fail;
     if (PQgetisnull(r, 0, 0) || PQgetvalue(r, 0, 3)[0] != 't' || PQgetvalue(r, 0, 4)[0] != 't') {
-        rt_error(COMP, "audit_logs_ts, rt_etl_cursor or rt_etl_hourly does not exist in the %s "
-                       "(has `rtbridge migrate` run there?)",
+        rt_error(COMP,
+                 "audit_logs_ts, rt_etl_cursor or rt_etl_hourly does not exist in the %s "
+                 "(has `rtbridge migrate` run there?)",
                  e->src_conninfo ? "target" : "database");
         PQclear(r);
         goto fail;
@@ -581,11 +580,21 @@ static void copy_field(sbuf_t *b, const char *v, size_t n)
     for (size_t i = 0; i < n; i++) {
         char c = v[i];
         switch (c) {
-        case '\\': *o++ = '\\', *o++ = '\\'; break;
-        case '\n': *o++ = '\\', *o++ = 'n'; break;
-        case '\r': *o++ = '\\', *o++ = 'r'; break;
-        case '\t': *o++ = '\\', *o++ = 't'; break;
-        default: *o++ = c; break;
+        case '\\':
+            *o++ = '\\', *o++ = '\\';
+            break;
+        case '\n':
+            *o++ = '\\', *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = '\\', *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = '\\', *o++ = 't';
+            break;
+        default:
+            *o++ = c;
+            break;
         }
     }
     b->len = (size_t)(o - b->p);
@@ -925,8 +934,9 @@ static int rollup(rt_etl_t *e, int n)
         uint64_t h = 0xcbf29ce484222325u ^ (uint64_t)bucket;
         h = hash_str(hash_str(h * 0x100000001b3u, row->event_type), row->actor);
         size_t s = (size_t)(h & (cap - 1));
-        while (g[s].key && !(g[s].bucket == bucket && same_str(g[s].key->event_type, row->event_type) &&
-                             same_str(g[s].key->actor, row->actor)))
+        while (g[s].key &&
+               !(g[s].bucket == bucket && same_str(g[s].key->event_type, row->event_type) &&
+                 same_str(g[s].key->actor, row->actor)))
             s = (s + 1) & (cap - 1);
         if (!g[s].key) {
             g[s].key = row;
@@ -953,14 +963,30 @@ static int rollup(rt_etl_t *e, int n)
                 if (!first) sb_putc(b, ',');
                 first = 0;
                 switch (col) {
-                case 0: sb_i64(b, g[s].bucket); break;
-                case 1: array_text(b, g[s].key->event_type.ptr, g[s].key->event_type.len); break;
-                case 2: array_text(b, g[s].key->actor.ptr, g[s].key->actor.len); break;
-                case 3: sb_i64(b, g[s].n); break;
-                case 4: sb_i64(b, g[s].dn); break;
-                case 5: sb_i64(b, g[s].ds); break;
-                case 6: sb_i64(b, g[s].ok); break;
-                default: sb_i64(b, g[s].ko); break;
+                case 0:
+                    sb_i64(b, g[s].bucket);
+                    break;
+                case 1:
+                    array_text(b, g[s].key->event_type.ptr, g[s].key->event_type.len);
+                    break;
+                case 2:
+                    array_text(b, g[s].key->actor.ptr, g[s].key->actor.len);
+                    break;
+                case 3:
+                    sb_i64(b, g[s].n);
+                    break;
+                case 4:
+                    sb_i64(b, g[s].dn);
+                    break;
+                case 5:
+                    sb_i64(b, g[s].ds);
+                    break;
+                case 6:
+                    sb_i64(b, g[s].ok);
+                    break;
+                default:
+                    sb_i64(b, g[s].ko);
+                    break;
                 }
             }
             sb_put(b, "}", 2);
@@ -984,8 +1010,8 @@ static void mirror_cursor(rt_etl_t *e, const PGresult *cur, int cut)
     if (cut && now - e->last_mirror_ns < 1000000000u) return;
     const char *p[4] = {e->mirror_key, PQgetvalue(cur, 0, 0), PQgetvalue(cur, 0, 1),
                         PQgetvalue(cur, 0, 2)};
-    PGresult *r = run_on(e, e->src, "copying the cursor into the source", MIRROR_SQL, 4, p,
-                         PGRES_COMMAND_OK);
+    PGresult *r =
+        run_on(e, e->src, "copying the cursor into the source", MIRROR_SQL, 4, p, PGRES_COMMAND_OK);
     if (r) e->last_mirror_ns = now;
     PQclear(r);
 }
