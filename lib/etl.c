@@ -49,6 +49,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -102,21 +103,24 @@ static const char SOURCE_SNAPSHOT_SQL[] =
  * planner from scanning the key range seq <= S instead. The transform is
  * done in C (auditrow.c): this returns the payload text as it is. */
 static const char EXTRACT_SQL[] =
-    "WITH pick AS ("
-    " (SELECT seq FROM rt_journal"
+    "SELECT seq, date_part('epoch', created_at), payload,"
+    " (SELECT date_part('epoch', created_at) FROM rt_journal"
+    "  WHERE channel = 'audit_log_created' ORDER BY seq DESC LIMIT 1) "
+    "FROM ("
+    " (SELECT seq, created_at, payload FROM rt_journal"
     "  WHERE channel = 'audit_log_created' AND seq > $1::bigint"
     "  ORDER BY seq LIMIT $4::bigint)"
     " UNION ALL"
-    " (SELECT seq FROM rt_journal"
+    " (SELECT seq, created_at, payload FROM rt_journal"
     "  WHERE channel = 'audit_log_created' AND seq + 0 <= $1::bigint"
     "  AND xid >= greatest($2::xid8, pg_snapshot_xmin($3::pg_snapshot))"
     "  AND NOT pg_visible_in_snapshot(xid, $3::pg_snapshot)"
     "  ORDER BY seq LIMIT $4::bigint)"
-    " ORDER BY seq LIMIT $4::bigint) "
-    "SELECT j.seq, (extract(epoch FROM j.created_at) * 1000000)::bigint, j.payload "
-    "FROM pick JOIN rt_journal j ON j.seq = pick.seq "
-    "ORDER BY j.seq";
-enum { X_SEQ = 0, X_JTIME_US, X_PAYLOAD };
+    " ORDER BY seq LIMIT $4::bigint) j "
+    "ORDER BY seq";
+/* Times as seconds in a double: exact to the microsecond until 2255. The
+ * last column is the newest audit log's time (one look-up), for the lag. */
+enum { X_SEQ = 0, X_JTIME, X_PAYLOAD, X_NEWEST };
 
 static const char ENSURE_DAYS_SQL[] =
     "SELECT coalesce(sum(rt_etl_ensure_partition(d)::int), 0) FROM unnest($1::date[]) d";
@@ -188,9 +192,6 @@ static const char MIRROR_SQL[] =
     "last_seq = excluded.last_seq, last_xmin = excluded.last_xmin, "
     "snapshot = excluded.snapshot, updated_at = now()";
 
-static const char NEWEST_SQL[] = "SELECT (extract(epoch FROM created_at) * 1000000)::bigint "
-                                 "FROM rt_journal "
-                                 "WHERE channel = 'audit_log_created' ORDER BY seq DESC LIMIT 1";
 
 /* Our partitions (by name) whose upper bound is at or before the cutoff. */
 static const char EXPIRED_SQL[] =
@@ -369,6 +370,29 @@ static PGresult *run_on(rt_etl_t *e, PGconn *c, const char *what, const char *sq
     return r;
 }
 
+/* The statements run once per batch, prepared once per session on the
+ * target: parsing and planning them was a tenth of a small batch. */
+static const struct {
+    const char *name, *sql;
+    int nparams;
+} PREPARED[] = {
+    {"rt_etl_cursor", CURSOR_SQL, 1},
+    {"rt_etl_rollup", ROLLUP_SQL, 8},
+    {"rt_etl_advance", UPDATE_CURSOR_SQL, 5},
+};
+
+static PGresult *run_prepared(rt_etl_t *e, const char *what, const char *name, int n,
+                              const char *const *params, ExecStatusType want)
+{
+    PGresult *r = PQexecPrepared(e->conn, name, n, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != want) {
+        if (!stopping(e)) rt_warn(COMP, "%s: %s", what, errmsg_of(e, r));
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
 static PGresult *run(rt_etl_t *e, const char *what, const char *sql, int n,
                      const char *const *params, ExecStatusType want)
 {
@@ -472,6 +496,15 @@ static int connect_db(rt_etl_t *e)
     e->hypertable = !e->partitioned && PQgetvalue(r, 0, 2)[0] == 't';
     e->maintain_hourly = !PQgetisnull(r, 0, 1) && strcmp(PQgetvalue(r, 0, 1), "r") == 0;
     PQclear(r);
+    for (size_t i = 0; i < sizeof PREPARED / sizeof PREPARED[0]; i++) {
+        if (PREPARED[i].sql == ROLLUP_SQL && !e->maintain_hourly) continue;
+        r = PQprepare(e->conn, PREPARED[i].name, PREPARED[i].sql, PREPARED[i].nparams, NULL);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) rt_warn(COMP, "preparing %s: %s", PREPARED[i].name, errmsg_of(e, r));
+        PQclear(r);
+        r = NULL;
+        if (!ok) goto fail;
+    }
     r = run(e, "creating the cursor row",
             "INSERT INTO rt_etl_cursor (source) VALUES ($1) ON CONFLICT (source) DO NOTHING", 1,
             src, PGRES_COMMAND_OK);
@@ -640,6 +673,12 @@ static size_t sort_unique(int64_t *v, size_t n)
     return k;
 }
 
+/* A time column (seconds since the epoch, a double) in microseconds. */
+static int64_t us_of(const PGresult *r, int row, int col)
+{
+    return llround(strtod(PQgetvalue(r, row, col), NULL) * 1e6);
+}
+
 /* Parses the batch's payloads into e->rows. Each row's strings point into
  * e->arena and into rows, which must outlive them. A row without a usable
  * created_at takes the journal's time. */
@@ -670,7 +709,7 @@ static void transform(rt_etl_t *e, const PGresult *rows, int n)
         if (!row->has_time) {
             row->has_time = 1;
             row->time_local = 0;
-            row->utc_us = strtoll(PQgetvalue(rows, i, X_JTIME_US), NULL, 10);
+            row->utc_us = us_of(rows, i, X_JTIME);
         }
     }
 }
@@ -994,7 +1033,8 @@ static int rollup(rt_etl_t *e, int n)
         const char *p[8];
         for (int col = 0; col < 8; col++)
             p[col] = b->p + off[col];
-        PGresult *r = run(e, "updating audit_logs_hourly", ROLLUP_SQL, 8, p, PGRES_COMMAND_OK);
+        PGresult *r =
+            run_prepared(e, "updating audit_logs_hourly", "rt_etl_rollup", 8, p, PGRES_COMMAND_OK);
         if (!r) rc = -1;
         PQclear(r);
     }
@@ -1032,7 +1072,7 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
 
     if (run_cmd(e, "starting a load", "BEGIN ISOLATION LEVEL REPEATABLE READ") < 0) return -1;
     const char *src[1] = {SOURCE};
-    cur = run(e, "reading the cursor", CURSOR_SQL, 1, src, PGRES_TUPLES_OK);
+    cur = run_prepared(e, "reading the cursor", "rt_etl_cursor", 1, src, PGRES_TUPLES_OK);
     if (!cur) goto fail;
     if (PQntuples(cur) != 1) {
         rt_error(COMP, "the cursor row of '%s' is missing from rt_etl_cursor", SOURCE);
@@ -1064,16 +1104,8 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
     int n = PQntuples(rows);
     int64_t last = n ? strtoll(PQgetvalue(rows, n - 1, X_SEQ), NULL, 10) : 0;
     int cut = n >= e->batch_size;
-    if (cut) {
-        /* Lag: how far the newest row loaded is behind the newest row there is. */
-        r = run_on(e, sc, "reading the newest journal row", NEWEST_SQL, 0, NULL, PGRES_TUPLES_OK);
-        if (!r) goto fail;
-        if (PQntuples(r) == 1)
-            lag_us = strtoll(PQgetvalue(r, 0, 0), NULL, 10) -
-                     strtoll(PQgetvalue(rows, n - 1, X_JTIME_US), NULL, 10);
-        PQclear(r);
-        r = NULL;
-    }
+    /* Lag: how far the newest row loaded is behind the newest row there is. */
+    if (cut) lag_us = us_of(rows, 0, X_NEWEST) - us_of(rows, n - 1, X_JTIME);
     if (e->src) {
         r = run_on(e, sc, "ending an extract", "COMMIT", 0, NULL, PGRES_COMMAND_OK);
         if (!r) goto fail;
@@ -1111,7 +1143,7 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
     snprintf(news, sizeof news, "%" PRId64, cut ? last : (last > s0 ? last : s0));
     snprintf(loaded, sizeof loaded, "%lld", inserted);
     const char *up[5] = {SOURCE, news, cut ? X : NX, N, loaded};
-    if (!(upd = run(e, "advancing the cursor", UPDATE_CURSOR_SQL, 5, up, PGRES_TUPLES_OK)))
+    if (!(upd = run_prepared(e, "advancing the cursor", "rt_etl_advance", 5, up, PGRES_TUPLES_OK)))
         goto fail;
     r = run(e, "committing a load", "COMMIT", 0, NULL, PGRES_COMMAND_OK);
     if (!r) goto fail;
