@@ -13,25 +13,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-int rt_journal_prune(PGconn *conn, int64_t retention_ms, long long *deleted)
+int rt_journal_prune(PGconn *conn, int64_t retention_ms, int keep_unloaded, long long *deleted)
 {
     char ms[24];
     snprintf(ms, sizeof ms, "%" PRId64, retention_ms);
-    const char *params[1] = {ms};
+    const char *params[2] = {ms, keep_unloaded ? "t" : "f"};
     *deleted = 0;
     for (;;) {
         /* Delete a batch and move the watermark in one statement, so a
          * resume never sees rows gone without the watermark saying so. */
         PGresult *r = PQexecParams(
             conn,
-            "WITH d AS (DELETE FROM rt_journal WHERE seq IN (SELECT seq FROM rt_journal "
+            "WITH d AS (DELETE FROM rt_journal WHERE seq IN (SELECT seq FROM rt_journal j "
             "  WHERE created_at < now() - $1::bigint * interval '1 millisecond' "
+            "  AND (NOT $2::boolean OR channel <> 'audit_log_created' OR ("
+            "   EXISTS (SELECT 1 FROM rt_etl_cursor) AND NOT EXISTS ("
+            "   SELECT 1 FROM rt_etl_cursor c WHERE NOT (j.xid < c.last_xmin"
+            "   OR (j.seq <= c.last_seq AND pg_visible_in_snapshot(j.xid, c.snapshot::pg_snapshot))))))"
             "  ORDER BY seq LIMIT 10000) RETURNING seq), "
             "u AS (UPDATE rt_journal_state SET pruned_through = "
             "  GREATEST(pruned_through, (SELECT max(seq) FROM d)) "
             "  WHERE (SELECT max(seq) FROM d) IS NOT NULL RETURNING 1) "
             "SELECT count(*) FROM d",
-            1, NULL, params, NULL, NULL, 0);
+            2, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
             rt_warn("journal", "prune: %s", PQerrorMessage(conn));
             PQclear(r);

@@ -14,9 +14,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Deletes rows older than retention_ms, 10 000 at a time. *deleted receives
- * the count. Returns 0 or -EIO (logged). */
-int rt_journal_prune(PGconn *conn, int64_t retention_ms, long long *deleted);
+/* Deletes rows older than retention_ms, 10 000 at a time. With keep_unloaded
+ * set (the ETL runs), audit-log rows that some ETL cursor in rt_etl_cursor
+ * has not loaded yet are kept whatever their age (lib/etl.c: a row is loaded
+ * if its xid is below the cursor's xmin, or its seq is at most the cursor's
+ * and the cursor's snapshot saw it; with no cursor at all, none is). *deleted receives the count. Returns 0
+ * or -EIO (logged). */
+int rt_journal_prune(PGconn *conn, int64_t retention_ms, int keep_unloaded, long long *deleted);
 
 /* Reads up to limit journal rows with seq > after, in seq order, as events
  * (*evs: malloc'd array of *n events, one reference each; rows whose payload

@@ -48,7 +48,9 @@ static void prune_work_cb(uv_work_t *w)
     s->pruned = -1;
     if (PQstatus(c) == CONNECTION_OK) {
         long long n;
-        if (rt_journal_prune(c, s->cfg->journal_retention_ms, &n) == 0) s->pruned = n;
+        /* With the ETL on, audit logs it has not loaded yet stay. */
+        if (rt_journal_prune(c, s->cfg->journal_retention_ms, s->cfg->etl, &n) == 0)
+            s->pruned = n;
     } else {
         rt_warn(COMP, "journal prune: cannot connect: %s", PQerrorMessage(c));
     }

@@ -1,5 +1,6 @@
 #!/bin/sh
-# perf/bench.sh BUILD_DIR: runs the core-pipeline benchmarks (issue #2).
+# perf/bench.sh BUILD_DIR: runs the core-pipeline benchmarks (issue #2) and
+# the ETL's (issue #5, perf/bench-etl.c).
 #
 # Builds nothing (`make bench` builds first). Starts a throwaway PostgreSQL
 # with test/pg.sh in a fresh temporary directory on a free port, runs
@@ -13,6 +14,7 @@
 # POSIX sh, since `make bench` runs it with sh. Extra arguments for each
 # benchmark come from the environment (split on blanks), e.g.
 #   BENCH_BUS_ARGS="--events 200000 --runs 3" BENCH_LISTENER_ARGS="--runs 1" make bench
+#   BENCH_ETL_ARGS="--rows 500000 --runs 5" make bench
 set -eu
 
 prog=bench.sh
@@ -24,7 +26,7 @@ die() {
 [ $# -eq 1 ] || die "usage: perf/bench.sh BUILD_DIR"
 build=$1
 root=$(cd "$(dirname "$0")/.." && pwd)
-for b in bench-bus bench-listener; do
+for b in bench-bus bench-listener bench-etl; do
     [ -x "$build/perf/$b" ] || die "$build/perf/$b is missing: run 'make perfs' first"
 done
 
@@ -81,6 +83,8 @@ run() {
     header
     run "$build/perf/bench-bus" ${BENCH_BUS_ARGS:-}
     run "$build/perf/bench-listener" --url "$url" ${BENCH_LISTENER_ARGS:-}
+    # The audit-log ETL (issue #5): catch-up against a bare COPY, steady-state lag.
+    run "$build/perf/bench-etl" --url "$url" ${BENCH_ETL_ARGS:-}
 } 2>&1 | tee "$out"
 
 echo "$prog: results written to perf/results/$(basename "$out")"

@@ -4,12 +4,14 @@
  * driven within a second, hourly aggregate), the transform of every payload
  * shape, out-of-order commits, concurrent writers, a 20 000-row catch-up
  * through connection losses and an outage, leader election and failover,
- * partitions made on demand, and retention.
+ * partitions made on demand, retention, a target database apart from the
+ * source, and journal pruning that keeps what the ETL has not loaded.
  */
 #include "pgtest.h"
 
 #include "bus.h"
 #include "etl.h"
+#include "journal.h"
 #include "listener.h"
 #include "log.h"
 
@@ -744,6 +746,159 @@ static void test_partitions_on_demand_and_retention(void **state)
     fx_close(&f);
 }
 
+/* ---- a separate target ----------------------------------------------------------------- */
+
+/* Source and target in two databases: rows load into the target's
+ * audit_logs_ts, nothing into the source's, the cursor lives in the target
+ * and a copy of it in the source. Killing the ETL's sessions on either side
+ * in the middle of the load, and a transaction that commits out of seq
+ * order, cost nothing and duplicate nothing. */
+static void test_separate_source_and_target(void **state)
+{
+    (void)state;
+    enum { ROWS = 6000 };
+    fx_t src, tgt;
+    fx_open(&src, "etl_src");
+    fx_open(&tgt, "etl_tgt");
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO audit_logs (event_type, actor, payload) SELECT 'SEP', 'a' || (g %% 3), "
+             "jsonb_build_object('duration_ms', g) FROM generate_series(1, %d) g",
+             ROWS);
+    pgt_exec(src.db, sql);
+    PGconn *open_txn = pgt_connect(src.url);
+    pgt_exec(open_txn, "BEGIN");
+    pgt_exec(open_txn, "INSERT INTO audit_logs (event_type, actor) VALUES ('SEP', 'late')");
+
+    rt_etl_opts_t o = opts_polling(&src, 20, 500);
+    o.source_conninfo = src.url;
+    o.target_conninfo = tgt.url;
+    rt_etl_t *e = etl_start(&o);
+    rt_etl_stats_t *st = rt_etl_stats(e);
+    WAIT_ATOMIC_GE(&st->rows_loaded, 1000, 30000);
+    terminate_etl_backends(tgt.db);
+    WAIT_ATOMIC_GE(&st->reconnects, 1, 10000);
+    WAIT_ATOMIC_GE(&st->rows_loaded, 3000, 30000);
+    terminate_etl_backends(src.db);
+    WAIT_ATOMIC_GE(&st->reconnects, 2, 10000);
+    wait_ll(tgt.db, COUNT_TS, ROWS, 30000);
+    pgt_exec(open_txn, "COMMIT");
+    wait_ll(tgt.db, COUNT_TS, ROWS + 1, 10000);
+
+    pgt_assert_ll_eq(pgt_scalar_ll(tgt.db, "SELECT count(DISTINCT log_id) FROM audit_logs_ts"),
+                     ROWS + 1);
+    pgt_assert_ll_eq(pgt_scalar_ll(tgt.db, "SELECT sum(log_id) FROM audit_logs_ts"),
+                     pgt_scalar_ll(src.db, "SELECT sum(id) FROM audit_logs"));
+    pgt_assert_ll_eq(
+        pgt_scalar_ll(tgt.db, "SELECT count(*) FROM audit_logs_ts WHERE actor = 'late'"), 1);
+    pgt_assert_ll_eq(pgt_scalar_ll(src.db, COUNT_TS), 0);
+    assert_hourly_matches(tgt.db);
+    pgt_assert_ll_eq(pgt_scalar_ll(tgt.db, "SELECT sum(event_count) FROM audit_logs_hourly"),
+                     ROWS + 1);
+    /* The cursor is the target's; the source holds a copy under its own key,
+     * at most a second behind. */
+    long long src_max = pgt_scalar_ll(src.db, "SELECT max(seq) FROM rt_journal");
+    wait_ll(tgt.db, "SELECT last_seq FROM rt_etl_cursor WHERE source = 'audit_logs'", src_max,
+            5000);
+    pgt_assert_ll_eq(pgt_scalar_ll(src.db, "SELECT count(*) FROM rt_etl_cursor "
+                                           "WHERE source = 'audit_logs'"),
+                     0);
+    wait_ll(src.db, "SELECT max(last_seq) FROM rt_etl_cursor WHERE source LIKE 'audit_logs>%'",
+            src_max, 5000);
+    print_message("separate target: %d rows, %" PRIuFAST64 " read, %" PRIuFAST64
+                  " reconnects, %" PRIuFAST64 " batches through the staging table\n",
+                  ROWS + 1, (uint_fast64_t)atomic_load(&st->rows_read),
+                  (uint_fast64_t)atomic_load(&st->reconnects),
+                  (uint_fast64_t)atomic_load(&st->fallbacks));
+    rt_etl_free(e);
+
+    /* Replaying from scratch into the same target loads nothing twice. */
+    pgt_exec(tgt.db, "DELETE FROM rt_etl_cursor");
+    rt_etl_stats_t once;
+    memset(&once, 0, sizeof once);
+    assert_int_equal(rt_etl_run_once(&o, &once), 0);
+    pgt_assert_ll_eq(atomic_load(&once.rows_read), ROWS + 1);
+    pgt_assert_ll_eq(atomic_load(&once.rows_loaded), 0);
+    pgt_assert_ll_eq(pgt_scalar_ll(tgt.db, COUNT_TS), ROWS + 1);
+    assert_hourly_matches(tgt.db);
+    PQfinish(open_txn);
+    fx_close(&tgt);
+    fx_close(&src);
+}
+
+/* ---- journal pruning ------------------------------------------------------------------- */
+
+static long long prune(PGconn *c, int keep_unloaded)
+{
+    long long n = -1;
+    assert_int_equal(rt_journal_prune(c, DAY_MS, keep_unloaded, &n), 0);
+    return n;
+}
+
+static const char *const AGE_JOURNAL =
+    "UPDATE rt_journal SET created_at = now() - interval '2 days'";
+static const char *const AUDIT_JOURNAL =
+    "SELECT count(*) FROM rt_journal WHERE channel = 'audit_log_created'";
+
+/* With the ETL on, pruning keeps every audit-log row of the journal that the
+ * cursor has not loaded, however old: before the ETL ever ran, rows past the
+ * cursor, and a transaction that committed out of seq order. */
+static void test_prune_keeps_unloaded(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "etl_prune");
+    rt_etl_opts_t o = opts_polling(&f, 1000, 1000);
+    rt_etl_stats_t st;
+    pgt_exec(f.db, "INSERT INTO audit_logs (event_type, actor) "
+                   "SELECT 'PR', 'first' FROM generate_series(1, 5)");
+    pgt_exec(f.db, "INSERT INTO intents (id, status) VALUES (gen_random_uuid(), 'x')");
+    pgt_exec(f.db, AGE_JOURNAL);
+    /* No ETL has run: no cursor, the audit rows stay; the intent row goes. */
+    pgt_assert_ll_eq(prune(f.db, 1), 1);
+    pgt_assert_ll_eq(pgt_scalar_ll(f.db, AUDIT_JOURNAL), 5);
+
+    memset(&st, 0, sizeof st);
+    assert_int_equal(rt_etl_run_once(&o, &st), 0);
+    pgt_assert_ll_eq(atomic_load(&st.rows_loaded), 5);
+
+    /* A transaction holding a low seq stays open; later rows commit. */
+    PGconn *a = pgt_connect(f.url);
+    pgt_exec(a, "BEGIN");
+    pgt_exec(a, "INSERT INTO audit_logs (event_type, actor) VALUES ('PR', 'in_flight')");
+    pgt_exec(f.db, "INSERT INTO audit_logs (event_type, actor) "
+                   "SELECT 'PR', 'second' FROM generate_series(1, 3)");
+    pgt_exec(f.db, AGE_JOURNAL);
+    /* The five loaded rows go, the three new ones stay. */
+    pgt_assert_ll_eq(prune(f.db, 1), 5);
+    pgt_assert_ll_eq(pgt_scalar_ll(f.db, AUDIT_JOURNAL), 3);
+
+    memset(&st, 0, sizeof st);
+    assert_int_equal(rt_etl_run_once(&o, &st), 0);
+    pgt_assert_ll_eq(atomic_load(&st.rows_loaded), 3);
+    pgt_exec(a, "COMMIT");
+    pgt_exec(f.db, AGE_JOURNAL);
+    /* The cursor is past the in-flight row's seq, but did not see it: kept. */
+    pgt_assert_ll_eq(prune(f.db, 1), 3);
+    pgt_assert_ll_eq(pgt_scalar_ll(f.db, "SELECT count(*) FROM rt_journal j WHERE "
+                                         "payload::jsonb ->> 'actor' = 'in_flight'"),
+                     1);
+    memset(&st, 0, sizeof st);
+    assert_int_equal(rt_etl_run_once(&o, &st), 0);
+    pgt_assert_ll_eq(atomic_load(&st.rows_loaded), 1);
+    pgt_assert_ll_eq(prune(f.db, 1), 1);
+    pgt_assert_ll_eq(pgt_scalar_ll(f.db, AUDIT_JOURNAL), 0);
+    assert_exact(f.db);
+
+    /* Without the ETL, age alone decides. */
+    pgt_exec(f.db, "INSERT INTO audit_logs (event_type, actor) VALUES ('PR', 'unloaded')");
+    pgt_exec(f.db, AGE_JOURNAL);
+    pgt_assert_ll_eq(prune(f.db, 1), 0);
+    pgt_assert_ll_eq(prune(f.db, 0), 1);
+    PQfinish(a);
+    fx_close(&f);
+}
+
 int main(void)
 {
     rt_log_setup(RT_LOG_ERROR, RT_LOG_TEXT, 2);
@@ -757,6 +912,8 @@ int main(void)
         cmocka_unit_test(test_catch_up_through_outage),
         cmocka_unit_test(test_two_instances_one_leader),
         cmocka_unit_test(test_partitions_on_demand_and_retention),
+        cmocka_unit_test(test_separate_source_and_target),
+        cmocka_unit_test(test_prune_keeps_unloaded),
     };
     return cmocka_run_group_tests_name("etl", tests, NULL, NULL);
 }
