@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `rtbridge etl` as an operator runs it: --once loads what is pending and
 # prints a summary, the short flag spellings work, bad flags exit 2, a loader
-# killed with SIGKILL in the middle of a large load leaves nothing half done
-# (a second run completes it exactly), and a running loader stops cleanly on
-# SIGTERM. Prints PASS:/FAIL: lines; run by test/run.sh.
+# killed with SIGKILL in the middle of a 100 000-row catch-up leaves nothing
+# half done (a second run completes it exactly), and a running loader stops
+# cleanly on SIGTERM. Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
 BIN=${RT_BIN:?RT_BIN not set}
 BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
@@ -60,22 +60,28 @@ fi
 grep -q '^etl: 0 rows loaded' "$tmp/once2" && pass "etl --once again loads nothing" ||
     fail "etl --once again loads nothing" "$(cat "$tmp/once2")"
 
-# SIGKILL in the middle of a large load, then --once: exact.
-sql "INSERT INTO audit_logs (event_type, actor, payload) SELECT 'K', 'kill', jsonb_build_object('duration_ms', g) FROM generate_series(1, 30000) g"
+# The issue's 100 000-row catch-up, with a SIGKILL in the middle of it, then
+# --once: exact (2 500 rows above + 97 500 here).
+for k in 1 2 3 4 5; do
+    sql "INSERT INTO audit_logs (event_type, actor, payload) SELECT 'K', 'kill', jsonb_build_object('duration_ms', g) FROM generate_series(1, 19500) g"
+done
 "$BIN" etl --mode polling --batch-size 500 --log-level warn >"$tmp/run.out" 2>"$tmp/run.err" &
 kpid=$!
 pids+=("$kpid")
 deadline=$((SECONDS + 30))
-while [ "$(sql 'SELECT count(*) FROM audit_logs_ts')" -lt 5000 ] && [ $SECONDS -lt $deadline ]; do sleep 0.02; done
+while [ "$(sql 'SELECT count(*) FROM audit_logs_ts')" -lt 30000 ] && [ $SECONDS -lt $deadline ]; do sleep 0.02; done
 { kill -KILL "$kpid"; wait "$kpid"; } 2>/dev/null # no "Killed" notice
 mid=$(sql "SELECT count(*) FROM audit_logs_ts")
 "$BIN" etl --once >"$tmp/once3" 2>&1
 counts=$(sql "SELECT (SELECT count(*) FROM audit_logs) || ' ' || count(*) || ' ' || count(DISTINCT log_id) FROM audit_logs_ts")
-if [ "$counts" = "32500 32500 32500" ] && [ "$mid" -lt 32500 ]; then
-    pass "SIGKILL mid-load, then --once: exact ($mid loaded before the kill)"
+if [ "$counts" = "100000 100000 100000" ] && [ "$mid" -lt 100000 ] && [ "$mid" -ge 30000 ]; then
+    pass "100 000 rows, SIGKILL mid-load, then --once: exact ($mid loaded before the kill)"
 else
-    fail "SIGKILL mid-load, then --once: exact" "source, target, distinct: $counts; before the kill: $mid" "$(cat "$tmp/once3")"
+    fail "100 000 rows, SIGKILL mid-load, then --once: exact" "source, target, distinct: $counts; before the kill: $mid" "$(cat "$tmp/once3")"
 fi
+sums=$(sql "SELECT (SELECT sum(id) FROM audit_logs) = sum(log_id) AND (SELECT sum(event_count) FROM audit_logs_hourly) = count(*) FROM audit_logs_ts")
+[ "$sums" = "t" ] && pass "the same log_ids, and the hourly rollup counts each once" ||
+    fail "the same log_ids, and the hourly rollup counts each once" "$sums"
 cursor=$(sql "SELECT last_seq = (SELECT max(seq) FROM rt_journal) FROM rt_etl_cursor")
 [ "$cursor" = "t" ] && pass "cursor at the last journal row" || fail "cursor at the last journal row" "$cursor"
 
