@@ -33,6 +33,10 @@
  * (the unique key (log_id, time) with ON CONFLICT DO NOTHING), so a row read
  * twice is never loaded twice.
  *
+ * With a separate source the same argument holds with N the snapshot of the
+ * source's extract transaction: the cursor describes the source's
+ * transactions, and is only ever written in the target's load transaction.
+ *
  * The leader lock is a session advisory lock on the same connection that
  * loads: a session that dies loses the lock and its open transaction at once,
  * so two loads never overlap. The cursor row is also read FOR UPDATE in

@@ -3,19 +3,34 @@
  * (rt_journal rows of channel audit_log_created) into audit_logs_ts, and
  * keeps audit_logs_hourly current where it is a table (plain PostgreSQL).
  *
- * One thread with one libpq connection. It holds a session advisory lock on
- * that connection while it loads, so exactly one ETL runs per database: the
- * others retry the lock every second and one of them takes over once the
- * leader's session ends (process exit, kill -9, connection loss). Losing the
- * connection loses the lock and any transaction in flight with it, so a
- * former leader can never commit a load after another one started.
+ * One thread with one libpq connection to the target (plus one to the source
+ * when rt_journal lives in another database). It holds a session advisory
+ * lock on the target connection while it loads, so exactly one ETL runs per
+ * target database: the others retry the lock every second and one of them
+ * takes over once the leader's session ends (process exit, kill -9,
+ * connection loss). Losing the connection loses the lock and any transaction
+ * in flight with it, so a former leader can never commit a load after
+ * another one started.
  *
- * Each load is one transaction: extract up to batch_size journal rows past
- * the cursor, transform them (SQL function rt_etl_transform), COPY them into
- * a temporary staging table, INSERT ... ON CONFLICT (log_id, time) DO
- * NOTHING into audit_logs_ts, recompute the touched hours of
- * audit_logs_hourly, and advance the cursor row (rt_etl_cursor). A crash at
- * any point leaves either all of it or none.
+ * Each load is one transaction on the target: extract up to batch_size
+ * journal rows past the cursor, transform them in C (auditrow.h), COPY them
+ * straight into audit_logs_ts, add the batch's counts to the hourly rollup
+ * (rt_etl_hourly, from which the touched rows of audit_logs_hourly are
+ * rewritten), and advance the cursor row (rt_etl_cursor). A crash at any
+ * point leaves either all of it or none. If the server refuses the COPY (a
+ * row of the batch is there already, or has no partition), the transaction
+ * is rolled back and the batch loaded again through a staging table with
+ * INSERT ... ON CONFLICT (log_id, time) DO NOTHING, so loads stay idempotent.
+ *
+ * With a separate source the cursor still lives in the target and advances
+ * in the load's transaction there; the extract reads the source in a
+ * read-only REPEATABLE READ transaction whose snapshot is the one the cursor
+ * records. A crash between the target's commit and anything else therefore
+ * neither loses nor repeats a row. After each commit (at most once a second
+ * during a catch-up) the cursor is copied into the source's rt_etl_cursor
+ * under the key "audit_logs>DB@HOST:PORT", so the journal pruning there
+ * (journal.h) keeps what the target has not loaded; the copy may lag, never
+ * lead.
  *
  * The cursor is exact under out-of-order commits; see the comment at the top
  * of etl.c for the argument. Loads are idempotent besides, so reading a row
