@@ -1094,6 +1094,7 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
                    0, NULL, PGRES_COMMAND_OK);
         if (!r) goto fail;
         PQclear(r);
+        r = NULL;
         snap = run_on(e, sc, "reading the source's snapshot", SOURCE_SNAPSHOT_SQL, 0, NULL,
                       PGRES_TUPLES_OK);
         if (!snap) goto fail;
@@ -1188,6 +1189,7 @@ fail:
 out:
     PQclear(upd);
     PQclear(r);
+    r = NULL;
     PQclear(rows);
     PQclear(snap);
     PQclear(cur);
