@@ -472,6 +472,15 @@ void rt_auditrow_set_utc(rt_auditrow_t *row, int64_t minute_utc_s)
     row->time_local = 0;
 }
 
+/* Writes v (0 <= v < 10^width) as width digits. */
+static char *put_digits(char *o, int64_t v, int width)
+{
+    for (int i = width - 1; i >= 0; i--, v /= 10)
+        o[i] = (char)('0' + v % 10);
+    return o + width;
+}
+
+/* By hand rather than snprintf: it runs once per row loaded. */
 size_t rt_format_utc(int64_t us, char *out)
 {
     int64_t s = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
@@ -480,9 +489,29 @@ size_t rt_format_utc(int64_t us, char *out)
     int64_t sod = s - days * 86400, y;
     unsigned m, d;
     rt_civil_from_days(days, &y, &m, &d);
-    int n = snprintf(out, 32, "%04lld-%02u-%02u %02d:%02d:%02d.%06lld+00", (long long)y, m, d,
-                     (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60), (long long)frac);
-    return n > 0 ? (size_t)n : 0;
+    char *o = out;
+    int bc = y <= 0; /* PostgreSQL has no year 0: 0 is 1 BC */
+    if (bc) y = 1 - y;
+    if (y > 9999) {
+        int n = snprintf(out, 16, "%lld", (long long)y);
+        o += n > 0 ? n : 0;
+    } else {
+        o = put_digits(o, y, 4);
+    }
+    *o++ = '-';
+    o = put_digits(o, m, 2);
+    *o++ = '-';
+    o = put_digits(o, d, 2);
+    *o++ = ' ';
+    o = put_digits(o, sod / 3600, 2);
+    *o++ = ':';
+    o = put_digits(o, sod / 60 % 60, 2);
+    *o++ = ':';
+    o = put_digits(o, sod % 60, 2);
+    *o++ = '.';
+    o = put_digits(o, frac, 6);
+    memcpy(o, bc ? "+00 BC" : "+00", bc ? 7 : 4);
+    return (size_t)(o + (bc ? 6 : 3) - out);
 }
 
 /* ---- the row -------------------------------------------------------------------- */

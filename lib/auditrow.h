@@ -80,7 +80,8 @@ int rt_auditrow_parse_time(const char *s, size_t n, rt_auditrow_t *row);
 int rt_json_integral(const char *s, size_t n, int64_t lo, int64_t hi, int64_t *out);
 
 /* Writes us (microseconds since the epoch) as "YYYY-MM-DD hh:mm:ss.ffffff+00"
- * into out (at least 32 bytes); returns the length. */
+ * (with " BC" after it before year 1) into out (at least 40 bytes); returns
+ * the length. */
 size_t rt_format_utc(int64_t us, char *out);
 
 /* Days since 1970-01-01 of a proleptic Gregorian date, and back. */

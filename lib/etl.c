@@ -820,12 +820,11 @@ static int ensure_days(rt_etl_t *e, int n, long long *created)
     e->copy.len = 0;
     sb_putc(&e->copy, '{');
     for (size_t i = 0; i < k; i++) {
-        int64_t y;
-        unsigned m, d;
-        rt_civil_from_days(e->scratch[i], &y, &m, &d);
-        char tmp[32];
-        int len = snprintf(tmp, sizeof tmp, "%s%04lld-%02u-%02u", i ? "," : "", (long long)y, m, d);
-        sb_put(&e->copy, tmp, (size_t)len);
+        /* A midnight as COPY gets it (years before 1 in BC), which date reads. */
+        char tmp[40];
+        size_t len = rt_format_utc(e->scratch[i] * 86400LL * 1000000, tmp);
+        if (i) sb_putc(&e->copy, ',');
+        array_text(&e->copy, tmp, len);
     }
     sb_put(&e->copy, "}", 2);
     const char *p[1] = {e->copy.p};
@@ -866,7 +865,7 @@ static int copy_rows(rt_etl_t *e, const char *what, const char *sql, int with_or
     sbuf_t *b = &e->copy;
     b->len = 0;
     int failed = 0;
-    char ts[32];
+    char ts[40];
     for (int i = 0; i < n && !failed; i++) {
         const rt_auditrow_t *row = &e->rows[i];
         if (!row->has_log_id) continue;

@@ -118,11 +118,16 @@ static void test_times(void **state)
     rt_auditrow_set_utc(&r, 1795337220LL - 3600);
     assert_true(r.utc_us == (1795337220LL - 3600) * 1000000 + 56500000);
 
-    char buf[32];
+    char buf[40];
     rt_format_utc(1795337276123456LL, buf);
     assert_string_equal(buf, "2026-11-22 08:47:56.123456+00");
     rt_format_utc(-1, buf);
     assert_string_equal(buf, "1969-12-31 23:59:59.999999+00");
+    /* Before year 1 and after 9999, as PostgreSQL reads them (year 0 is 1 BC). */
+    rt_format_utc(utc_of("0001-01-01T00:30+01:00"), buf);
+    assert_string_equal(buf, "0001-12-31 23:30:00.000000+00 BC");
+    rt_format_utc(utc_of("9999-12-31T23:30-01:00"), buf);
+    assert_string_equal(buf, "10000-01-01 00:30:00.000000+00");
     for (int64_t d = -800000; d < 3000000; d += 997) {
         int64_t y;
         unsigned m, dd;

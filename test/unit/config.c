@@ -167,6 +167,10 @@ static const opt_case_t cases[] = {
     {"--etl-retention", "RTBRIDGE_ETL_RETENTION", K_I64, OFF(etl_retention_ms), "30d", "1d",
      30 * 86400000LL, 86400000LL},
     {"--once", "RTBRIDGE_ETL_ONCE", K_BOOL, OFF(etl_once), "true", "0", 1, 0},
+    {"--etl-source-url", "RTBRIDGE_ETL_SOURCE_URL", K_STR, OFF(etl_source_url),
+     "postgres://u@src/app", "host=src dbname=app", 0, 0},
+    {"--etl-target-url", "RTBRIDGE_ETL_TARGET_URL", K_STR, OFF(etl_target_url),
+     "postgres://u@dw/ts", "host=dw dbname=ts", 0, 0},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -215,6 +219,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.etl_poll_interval_ms, 5000);
     assert_int_equal(cfg.etl_retention_ms, 90 * 86400000LL);
     assert_int_equal(cfg.etl_once, 0);
+    assert_null(cfg.etl_source_url);
+    assert_null(cfg.etl_target_url);
     rt_config_free(&cfg);
 }
 
