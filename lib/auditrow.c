@@ -516,41 +516,62 @@ size_t rt_format_utc(int64_t us, char *out)
 
 /* ---- the row -------------------------------------------------------------------- */
 
-enum field { F_LOG_ID, F_EVENT_TYPE, F_INTENT_ID, F_ACTOR, F_CREATED_AT, F_PAYLOAD, NOUTER };
-static const char *const OUTER[NOUTER] = {"log_id", "event_type", "intent_id",
-                                          "actor",  "created_at", "payload"};
-enum pfield { P_BRIDGE, P_OLD, P_NEW, P_DURATION, P_SUCCESS, NINNER };
-static const char *const INNER[NINNER] = {"bridge_type", "old_status", "new_status", "duration_ms",
-                                          "success"};
+/* A key and its length. */
+typedef struct jkey {
+    const char *name;
+    size_t len;
+} jkey_t;
+#define KEY(s)                                                                                     \
+    {                                                                                              \
+        s, sizeof s - 1                                                                            \
+    }
 
-/* The members of the object v whose keys are in names (the last of equal
- * keys wins, as in jsonb); keys with escapes are decoded first. */
-static void members(const jval_t *v, const char *const *names, int nnames, jval_t *found)
+enum field { F_LOG_ID, F_EVENT_TYPE, F_INTENT_ID, F_ACTOR, F_CREATED_AT, F_PAYLOAD, NOUTER };
+static const jkey_t OUTER[NOUTER] = {KEY("log_id"), KEY("event_type"), KEY("intent_id"),
+                                     KEY("actor"),  KEY("created_at"), KEY("payload")};
+enum pfield { P_BRIDGE, P_OLD, P_NEW, P_DURATION, P_SUCCESS, NINNER };
+static const jkey_t INNER[NINNER] = {KEY("bridge_type"), KEY("old_status"), KEY("new_status"),
+                                     KEY("duration_ms"), KEY("success")};
+
+/* Scans the object at p (its opening brace) up to e, validating it, and
+ * records the members whose keys are in names (the last of equal keys wins,
+ * as in jsonb; keys with escapes are decoded first). Returns the byte after
+ * the closing brace, or NULL if the text is not a JSON object. */
+static const char *members(const char *p, const char *e, const jkey_t *names, int nnames,
+                           jval_t *found)
 {
-    const char *p = ws(v->s + 1, v->e), *e = v->e;
-    while (p < e && *p == '"') {
-        const char *ks = p;
-        const char *ke = scan_string(p, e);
-        p = ws(ke, e) + 1; /* the colon: the scan validated it */
+    if (p >= e || *p != '{') return NULL;
+    p = ws(p + 1, e);
+    if (p < e && *p == '}') return p + 1;
+    for (;;) {
+        if (p >= e || *p != '"') return NULL;
+        const char *ks = p, *ke = scan_string(p, e);
+        if (!ke) return NULL;
+        p = ws(ke, e);
+        if (p >= e || *p != ':') return NULL;
         jval_t val;
-        p = scan_value(p, e, &val);
+        if (!(p = scan_value(p + 1, e, &val))) return NULL;
         const char *key = ks + 1;
         size_t klen = (size_t)(ke - ks - 2);
         char kbuf[16];
+        int usable = 1;
         if (memchr(key, '\\', klen)) {
             size_t chars;
-            if (klen > sizeof kbuf) goto next;
             jval_t kv = {J_STRING, ks, ke};
-            long kl = decode_string(&kv, kbuf, &chars);
-            if (kl < 0) goto next;
+            long kl = klen <= sizeof kbuf ? decode_string(&kv, kbuf, &chars) : -1;
+            usable = kl >= 0;
             key = kbuf;
-            klen = (size_t)kl;
+            klen = usable ? (size_t)kl : 0;
         }
-        for (int i = 0; i < nnames; i++)
-            if (strlen(names[i]) == klen && memcmp(names[i], key, klen) == 0) found[i] = val;
-    next:
+        for (int i = 0; i < nnames && usable; i++)
+            if (names[i].len == klen && memcmp(names[i].name, key, klen) == 0) found[i] = val;
         p = ws(p, e);
-        if (p < e && *p == ',') p = ws(p + 1, e);
+        if (p < e && *p == ',') {
+            p = ws(p + 1, e);
+            continue;
+        }
+        if (p < e && *p == '}') return p + 1;
+        return NULL;
     }
 }
 
@@ -594,15 +615,15 @@ void rt_auditrow_parse(const char *json, size_t len, char *scratch, rt_auditrow_
 {
     memset(row, 0, sizeof *row);
     row->success = 1;
-    jval_t doc, f[NOUTER], g[NINNER];
+    jval_t f[NOUTER], g[NINNER];
     memset(f, 0, sizeof f);
     memset(g, 0, sizeof g);
-    const char *end = scan_value(json, json + len, &doc);
-    if (!end || ws(end, json + len) != json + len || doc.t != J_OBJECT) {
-        row->bad = 1; /* no log_id: the caller skips it */
+    const char *e = json + len;
+    const char *end = members(ws(json, e), e, OUTER, NOUTER, f);
+    if (!end || ws(end, e) != e) {
+        row->bad = 1; /* not a JSON object: no log_id, the caller skips it */
         return;
     }
-    members(&doc, OUTER, NOUTER, f);
     int bad = 0;
 
     int64_t v;
@@ -632,7 +653,7 @@ void rt_auditrow_parse(const char *json, size_t len, char *scratch, rt_auditrow_
         row->payload.ptr = pl->s;
         row->payload.len = (size_t)(pl->e - pl->s);
         if (pl->t == J_OBJECT)
-            members(pl, INNER, NINNER, g);
+            members(pl->s, pl->e, INNER, NINNER, g);
         else
             bad = 1;
     }

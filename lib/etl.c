@@ -196,7 +196,6 @@ static const char MIRROR_SQL[] =
     "last_seq = excluded.last_seq, last_xmin = excluded.last_xmin, "
     "snapshot = excluded.snapshot, updated_at = now()";
 
-
 /* Our partitions (by name) whose upper bound is at or before the cutoff. */
 static const char EXPIRED_SQL[] =
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
