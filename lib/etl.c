@@ -244,7 +244,7 @@ struct rt_etl {
     sbuf_t copy;         /* the COPY data of one batch, and other text built per batch */
     rt_auditrow_t *rows; /* the batch, transformed */
     unsigned char *inserted;
-    int64_t *scratch; /* per-row numbers (minutes, days) */
+    int64_t *scratch, *scratch2; /* per-row numbers (minutes and instants, days) */
     size_t rows_cap;
     uint64_t last_mirror_ns;
     char *arena; /* decoded strings of the batch */
@@ -692,7 +692,8 @@ static void transform(rt_etl_t *e, const PGresult *rows, int n)
         e->rows = realloc(e->rows, e->rows_cap * sizeof *e->rows);
         e->inserted = realloc(e->inserted, e->rows_cap);
         e->scratch = realloc(e->scratch, e->rows_cap * sizeof *e->scratch);
-        if (!e->rows || !e->inserted || !e->scratch) abort();
+        e->scratch2 = realloc(e->scratch2, e->rows_cap * sizeof *e->scratch2);
+        if (!e->rows || !e->inserted || !e->scratch || !e->scratch2) abort();
     }
     size_t need = 0;
     for (int i = 0; i < n; i++)
@@ -749,51 +750,46 @@ static void minute_add(rt_etl_t *e, int64_t local, int64_t utc_s)
  * instant is exact and matches what PostgreSQL would make of the text. */
 static int resolve_minutes(rt_etl_t *e, int n)
 {
-    size_t k = 0;
+    /* The batch's distinct minutes, sorted, and beside each its instant:
+     * from the cache, or asked for in one query. */
+    int64_t *min = e->scratch, *utc = e->scratch2;
+    size_t k = 0, missing = 0;
     for (int i = 0; i < n; i++)
-        if (e->rows[i].time_local && !minute_find(e, e->rows[i].local_minute))
-            e->scratch[k++] = e->rows[i].local_minute;
-    if (k > 0) {
-        k = sort_unique(e->scratch, k);
-        e->copy.len = 0;
-        sb_putc(&e->copy, '{');
-        for (size_t i = 0; i < k; i++) {
-            if (i) sb_putc(&e->copy, ',');
-            sb_i64(&e->copy, e->scratch[i]);
-        }
-        sb_put(&e->copy, "}", 2);
+        if (e->rows[i].time_local) min[k++] = e->rows[i].local_minute;
+    if (k == 0) return 0;
+    k = sort_unique(min, k);
+    e->copy.len = 0;
+    sb_putc(&e->copy, '{');
+    for (size_t i = 0; i < k; i++) {
+        minute_ent_t *m = minute_find(e, min[i]);
+        utc[i] = m ? m->utc_s : INT64_MIN;
+        if (m) continue;
+        if (missing++) sb_putc(&e->copy, ',');
+        sb_i64(&e->copy, min[i]);
+    }
+    sb_put(&e->copy, "}", 2);
+    if (missing) {
         const char *p[1] = {e->copy.p};
         PGresult *r = run(e, "reading wall-clock times", MINUTES_SQL, 1, p, PGRES_TUPLES_OK);
         if (!r) return -1;
-        /* More minutes than the cache holds: resolve the rest by the result. */
-        for (int i = 0; i < PQntuples(r); i++)
-            minute_add(e, strtoll(PQgetvalue(r, i, 0), NULL, 10),
-                       strtoll(PQgetvalue(r, i, 1), NULL, 10));
-        for (int i = 0; i < n; i++) {
-            rt_auditrow_t *row = &e->rows[i];
-            if (!row->time_local) continue;
-            minute_ent_t *m = minute_find(e, row->local_minute);
-            if (m) {
-                rt_auditrow_set_utc(row, m->utc_s);
-                continue;
-            }
-            for (int j = 0; j < PQntuples(r); j++)
-                if (strtoll(PQgetvalue(r, j, 0), NULL, 10) == row->local_minute) {
-                    rt_auditrow_set_utc(row, strtoll(PQgetvalue(r, j, 1), NULL, 10));
-                    break;
-                }
+        for (int j = 0; j < PQntuples(r); j++) {
+            int64_t local = strtoll(PQgetvalue(r, j, 0), NULL, 10);
+            int64_t *at = bsearch(&local, min, k, sizeof *min, cmp_i64);
+            if (!at) continue;
+            utc[at - min] = strtoll(PQgetvalue(r, j, 1), NULL, 10);
+            minute_add(e, local, utc[at - min]);
         }
         PQclear(r);
     }
     for (int i = 0; i < n; i++) {
         rt_auditrow_t *row = &e->rows[i];
         if (!row->time_local) continue;
-        minute_ent_t *m = minute_find(e, row->local_minute);
-        if (!m) {
+        int64_t *at = bsearch(&row->local_minute, min, k, sizeof *min, cmp_i64);
+        if (!at || utc[at - min] == INT64_MIN) {
             rt_error(COMP, "no instant for wall-clock minute %lld", (long long)row->local_minute);
             return -1;
         }
-        rt_auditrow_set_utc(row, m->utc_s);
+        rt_auditrow_set_utc(row, utc[at - min]);
     }
     return 0;
 }
@@ -1473,6 +1469,7 @@ void rt_etl_free(rt_etl_t *e)
     free(e->rows);
     free(e->inserted);
     free(e->scratch);
+    free(e->scratch2);
     free(e->arena);
     free(e->days);
     free(e->src_conninfo);

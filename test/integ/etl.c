@@ -746,6 +746,70 @@ static void test_partitions_on_demand_and_retention(void **state)
     fx_close(&f);
 }
 
+/* ---- times without an offset ------------------------------------------------------------ */
+
+/* created_at has no zone: it is read in the database's TimeZone, as a cast
+ * would read it. With a half-hour zone a local hour straddles two UTC hours
+ * and a local day two UTC days; across DST a wall-clock time may not exist
+ * or exist twice. Every row must get the cast's instant, its UTC day's
+ * partition, and its UTC hour in the rollup. Batches of two, so the
+ * minute cache is hit and missed. */
+static void test_times_in_the_database_zone(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "etl_zone");
+    static const char *const zones[][2] = {
+        {"Asia/Kolkata", "('2026-03-08 10:15'), ('2026-03-08 10:45'), "
+                         "('2026-03-08 10:59:59.9999996'), ('2026-03-08 23:50'), "
+                         "('2026-03-09 05:20'), ('2026-03-09 05:40'), ('2026-03-09 05:40:30')"},
+        {"America/New_York", "('2026-03-08 01:59:59'), ('2026-03-08 02:30'), "
+                             "('2026-03-08 03:30'), ('2026-11-01 01:30'), ('2026-11-01 00:59'), "
+                             "('2026-11-01 02:00')"},
+    };
+    char *dbname = pgt_scalar_str(f.db, "SELECT current_database()");
+    long long total = 0;
+    for (size_t z = 0; z < 2; z++) {
+        char sql[512];
+        snprintf(sql, sizeof sql, "ALTER DATABASE %s SET TimeZone = '%s'", dbname, zones[z][0]);
+        pgt_exec(f.db, sql);
+        PQfinish(f.db);
+        f.db = pgt_connect(f.url);
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO audit_logs (event_type, actor, payload, created_at) "
+                 "SELECT 'Z', '%s', '{\"duration_ms\": 5}', v::timestamp FROM (VALUES %s) t(v)",
+                 zones[z][0], zones[z][1]);
+        pgt_exec(f.db, sql);
+        rt_etl_opts_t o = opts_polling(&f, 1000, 2);
+        rt_etl_stats_t st;
+        memset(&st, 0, sizeof st);
+        assert_int_equal(rt_etl_run_once(&o, &st), 0);
+        total = pgt_scalar_ll(f.db, COUNT_SRC);
+        pgt_assert_ll_eq(pgt_scalar_ll(f.db, COUNT_TS), total);
+        pgt_assert_ll_eq(atomic_load(&st.bad_payloads), 0);
+        /* This zone's rows (the earlier ones were read in the earlier zone). */
+        snprintf(sql, sizeof sql,
+                 "SELECT coalesce(string_agg(a.created_at::text || ' -> ' || t.time::text, ', '), "
+                 "'none') FROM audit_logs a JOIN audit_logs_ts t ON t.log_id = a.id "
+                 "WHERE a.actor = '%s' AND t.time <> a.created_at::timestamptz",
+                 zones[z][0]);
+        char *diff = pgt_scalar_str(f.db, sql);
+        pgt_assert_str_eq(diff, "none");
+        free(diff);
+        pgt_assert_ll_eq(pgt_scalar_ll(f.db, "SELECT count(*) FROM audit_logs_ts WHERE "
+                                             "tableoid::regclass::text <> 'audit_logs_ts_p' || "
+                                             "to_char(time AT TIME ZONE 'UTC', 'YYYYMMDD')"),
+                         0);
+        assert_hourly_matches(f.db);
+    }
+    /* Kolkata's 10:15 and 10:45 are in different UTC hours. */
+    pgt_assert_ll_eq(pgt_scalar_ll(f.db, "SELECT count(*) FROM audit_logs_hourly "
+                                         "WHERE actor = 'Asia/Kolkata'"),
+                     5); /* UTC hours 04, 05, 18, 23 and 00 */
+    free(dbname);
+    fx_close(&f);
+}
+
 /* ---- a separate target ----------------------------------------------------------------- */
 
 /* Source and target in two databases: rows load into the target's
@@ -912,6 +976,7 @@ int main(void)
         cmocka_unit_test(test_catch_up_through_outage),
         cmocka_unit_test(test_two_instances_one_leader),
         cmocka_unit_test(test_partitions_on_demand_and_retention),
+        cmocka_unit_test(test_times_in_the_database_zone),
         cmocka_unit_test(test_separate_source_and_target),
         cmocka_unit_test(test_prune_keeps_unloaded),
     };
