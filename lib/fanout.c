@@ -70,7 +70,9 @@
 typedef struct loop loop_t;
 typedef struct conn conn_t;
 
-typedef enum { C_HTTP, C_WS_AUTH, C_WS, C_SSE, C_CLOSING } conn_state_t;
+/* C_HTTP_WAIT: a request handed to a handler outside the fan-out (reply.h)
+ * is being answered; input that arrives meanwhile is kept for afterwards. */
+typedef enum { C_HTTP, C_HTTP_WAIT, C_WS_AUTH, C_WS, C_SSE, C_CLOSING } conn_state_t;
 
 /* One entry of a connection's output queue: an event (its WS frame or SSE
  * chunk, depending on the connection) or a buffer we own (or a static one). */
@@ -101,6 +103,26 @@ typedef struct resume_req {
     int failed;
 } resume_req_t;
 
+/* A request answered later by a handler (RT_HANDLE_LATER). Owned by the
+ * handler until done() queues it on its loop; conn is cleared (on the loop
+ * thread) if the connection closes first, and the reply is then dropped. */
+typedef struct deferred {
+    struct deferred *next;
+    loop_t *loop;
+    struct conn *conn;
+    int keep_alive;
+    rt_reply_t reply;
+} deferred_t;
+
+#define MAX_HANDLERS 8
+#define MAX_PIPELINED (64 * 1024) /* input kept while a deferred request waits */
+
+typedef struct handler {
+    char prefix[64]; /* ending in '/': a prefix; otherwise the exact path */
+    rt_handler_fn fn;
+    void *ctx;
+} handler_t;
+
 struct conn {
     uv_tcp_t tcp;
     loop_t *loop;
@@ -113,7 +135,10 @@ struct conn {
     uint64_t last_write_ms; /* for SSE keep-alive */
     uint64_t last_ping_ms;
     int missed_pongs;
-    rt_http_req_t *req; /* only while C_HTTP */
+    rt_http_req_t *req; /* only while C_HTTP / C_HTTP_WAIT */
+    deferred_t *deferred; /* while C_HTTP_WAIT */
+    char *pipelined;      /* input received while C_HTTP_WAIT */
+    size_t npipelined;
     rt_ws_t *ws;
 
     /* filters */
@@ -189,6 +214,10 @@ struct loop {
     char *readbuf;
     uv_buf_t iov[MAX_IOV];
     int stopping;
+    /* Deferred replies ready to be written, pushed by handler threads. */
+    pthread_mutex_t dmu;
+    deferred_t *dready;
+    int dclosed; /* the loop has stopped: done() frees replies itself */
     loop_stats_t st;
 };
 
@@ -207,6 +236,8 @@ struct rt_fanout {
     int norigins;
     int started;
     uint64_t tick_ms;
+    handler_t handlers[MAX_HANDLERS];
+    int nhandlers;
 };
 
 static const char *const refuse_names[RT_REFUSE__COUNT] = {
@@ -577,6 +608,7 @@ static void free_conn(conn_t *c)
         free(c->req);
     }
     if (c->ws) rt_ws_free(c->ws);
+    free(c->pipelined);
     free(c->ids);
     free(c->key);
     free(c);
@@ -585,6 +617,15 @@ static void free_conn(conn_t *c)
 static void on_conn_closed(uv_handle_t *h)
 {
     free_conn(h->data);
+}
+
+/* The reply of a deferred request will find no connection. */
+static void detach_deferred(conn_t *c)
+{
+    if (c->deferred) {
+        c->deferred->conn = NULL;
+        c->deferred = NULL;
+    }
 }
 
 static void conn_close(conn_t *c)
@@ -607,6 +648,7 @@ static void conn_close(conn_t *c)
         c->resume->conn = NULL;
         c->resume = NULL;
     }
+    detach_deferred(c);
     c->state = C_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     if (l->stopping && l->nconns == 0) uv_async_send(&l->stop);
@@ -1139,6 +1181,186 @@ static void handle_health(conn_t *c, const char *path, int keep_alive)
     free(body);
 }
 
+/* ---- requests answered outside the fan-out (reply.h) ----------------------------- */
+
+/* "/x/" (ending in '/', longer than "/") names a prefix; anything else, "/"
+ * included, an exact path. */
+static const handler_t *find_handler(const rt_fanout_t *f, const char *path)
+{
+    for (int i = 0; i < f->nhandlers; i++) {
+        const handler_t *h = &f->handlers[i];
+        size_t n = strlen(h->prefix);
+        int prefix = n > 1 && h->prefix[n - 1] == '/';
+        if (prefix ? strncmp(path, h->prefix, n) == 0 : strcmp(path, h->prefix) == 0) return h;
+    }
+    return NULL;
+}
+
+static void reply_free(rt_reply_t *r)
+{
+    if (!r->body_static) free(r->body);
+    r->body = NULL;
+}
+
+static void write_reply(conn_t *c, const rt_reply_t *r, int keep_alive)
+{
+    char cors[320], extra[640];
+    cors_headers(c, cors, sizeof cors);
+    snprintf(extra, sizeof extra, "%.256s%s", r->headers, cors);
+    char *out;
+    size_t n = rt_http_format_response(&out, r->status, r->content_type, extra, r->body, r->len,
+                                       keep_alive);
+    send_owned(c, out, n);
+    if (!keep_alive) conn_close_after_flush(c);
+}
+
+/* rt_reply_done_cb: any thread. Queues the reply on its loop, or drops it if
+ * the loop has stopped. The wake is sent under the lock, so the loop cannot
+ * close its async handle in between. */
+static void deferred_done(void *arg, rt_reply_t *reply)
+{
+    deferred_t *d = arg;
+    loop_t *l = d->loop;
+    d->reply = *reply;
+    pthread_mutex_lock(&l->dmu);
+    int closed = l->dclosed;
+    if (!closed) {
+        d->next = l->dready;
+        l->dready = d;
+        uv_async_send(&l->wake);
+    }
+    pthread_mutex_unlock(&l->dmu);
+    if (closed) {
+        reply_free(&d->reply);
+        free(d);
+    }
+}
+
+static void on_http_data(conn_t *c, const char *data, size_t len);
+
+/* Writes the replies handlers have finished, in the order they finished. */
+static void run_deferred(loop_t *l)
+{
+    pthread_mutex_lock(&l->dmu);
+    deferred_t *d = l->dready, *fifo = NULL;
+    l->dready = NULL;
+    pthread_mutex_unlock(&l->dmu);
+    while (d) {
+        deferred_t *next = d->next;
+        d->next = fifo;
+        fifo = d;
+        d = next;
+    }
+    for (d = fifo; d; d = fifo) {
+        fifo = d->next;
+        conn_t *c = d->conn;
+        if (c) {
+            int keep_alive = d->keep_alive && !l->stopping;
+            c->deferred = NULL;
+            c->state = C_HTTP;
+            write_reply(c, &d->reply, keep_alive);
+            if (keep_alive) {
+                rt_http_req_reset(c->req);
+                c->since_ms = now_ms();
+                char *p = c->pipelined;
+                size_t n = c->npipelined;
+                c->pipelined = NULL;
+                c->npipelined = 0;
+                if (p) on_http_data(c, p, n);
+                free(p);
+            }
+        }
+        reply_free(&d->reply);
+        free(d);
+    }
+}
+
+/* Stops taking deferred replies (the loop is ending) and drops queued ones;
+ * their connections are closed by now. */
+static void close_deferred(loop_t *l)
+{
+    pthread_mutex_lock(&l->dmu);
+    l->dclosed = 1;
+    deferred_t *d = l->dready;
+    l->dready = NULL;
+    pthread_mutex_unlock(&l->dmu);
+    while (d) {
+        deferred_t *next = d->next;
+        reply_free(&d->reply);
+        free(d);
+        d = next;
+    }
+}
+
+/* Hands the request to h. Returns 1 if the connection stays in HTTP and rest
+ * should be parsed now (as handle_request). */
+static int call_handler(conn_t *c, const handler_t *h, const char *path, const char *rest,
+                        size_t rest_len, int keep_alive)
+{
+    size_t qlen = 0;
+    const char *q = rt_http_req_query(c->req, &qlen);
+    char query[2048];
+    if (qlen >= sizeof query) {
+        respond_error(c, 414, "query string too long", NULL, RT_REFUSE_BAD_REQUEST);
+        return 0;
+    }
+    if (qlen) memcpy(query, q, qlen);
+    query[qlen] = '\0';
+    deferred_t *d = calloc(1, sizeof *d);
+    if (!d) abort();
+    d->loop = c->loop;
+    d->conn = c;
+    d->keep_alive = keep_alive;
+    rt_reply_t r;
+    memset(&r, 0, sizeof r);
+    rt_handle_result_t res = h->fn(h->ctx, path, query, &r, deferred_done, d);
+    if (res == RT_HANDLE_LATER) {
+        c->deferred = d;
+        c->state = C_HTTP_WAIT;
+        if (rest_len) {
+            c->pipelined = malloc(rest_len);
+            if (!c->pipelined) abort();
+            memcpy(c->pipelined, rest, rest_len);
+            c->npipelined = rest_len;
+        }
+        return 0;
+    }
+    free(d);
+    if (res == RT_HANDLE_NOT_MINE) {
+        respond_error(c, 404, "not found", NULL, RT_REFUSE_NOT_FOUND);
+        return 0;
+    }
+    write_reply(c, &r, keep_alive);
+    reply_free(&r);
+    return keep_alive;
+}
+
+/* Input while a deferred request waits: kept (bounded) for afterwards. */
+static void keep_pipelined(conn_t *c, const char *data, size_t len)
+{
+    if (c->npipelined + len > MAX_PIPELINED) {
+        conn_close(c);
+        return;
+    }
+    c->pipelined = realloc(c->pipelined, c->npipelined + len);
+    if (!c->pipelined) abort();
+    memcpy(c->pipelined + c->npipelined, data, len);
+    c->npipelined += len;
+}
+
+int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, void *ctx)
+{
+    if (f->started) return -EBUSY;
+    if (f->nhandlers == MAX_HANDLERS) return -ENOSPC;
+    if (!prefix || prefix[0] != '/' || strlen(prefix) >= sizeof f->handlers[0].prefix)
+        return -EINVAL;
+    handler_t *h = &f->handlers[f->nhandlers++];
+    snprintf(h->prefix, sizeof h->prefix, "%s", prefix);
+    h->fn = fn;
+    h->ctx = ctx;
+    return 0;
+}
+
 /* Which route a path names; -1 for health paths (handled apart), -2 unknown. */
 static int route_of(const char *path, const char **intent_id)
 {
@@ -1341,7 +1563,8 @@ static int handle_request(conn_t *c, const char *rest, size_t rest_len)
     int keep_alive = req->keep_alive && !c->loop->stopping;
     const char *intent_id = NULL;
     int route = route_of(path, &intent_id);
-    if (route == -2) {
+    const handler_t *h = route == -2 ? find_handler(c->loop->f, path) : NULL;
+    if (route == -2 && !h) {
         respond_error(c, 404, "not found", NULL, RT_REFUSE_NOT_FOUND);
         return 0;
     }
@@ -1364,6 +1587,7 @@ static int handle_request(conn_t *c, const char *rest, size_t rest_len)
         handle_health(c, path, keep_alive);
         return keep_alive;
     }
+    if (h) return call_handler(c, h, path, rest, rest_len, keep_alive);
     if (route == ROUTE_WS_INTENTS || route == ROUTE_WS_DASHBOARD) {
         start_ws(c, (route_t)route, rest, rest_len);
         return 0;
@@ -1411,6 +1635,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     switch (c->state) {
     case C_HTTP:
         on_http_data(c, buf->base, (size_t)nread);
+        break;
+    case C_HTTP_WAIT:
+        keep_pipelined(c, buf->base, (size_t)nread);
         break;
     case C_WS:
     case C_WS_AUTH:
@@ -1508,6 +1735,7 @@ static void recover_overflow(loop_t *l)
 static void on_wake(uv_async_t *h)
 {
     loop_t *l = h->data;
+    run_deferred(l);
     if (rt_bus_take_recovery(l->sub)) recover_overflow(l);
     rt_event_t *evs[DRAIN_BATCH];
     size_t n;
@@ -1587,6 +1815,8 @@ static void on_tick(uv_timer_t *t)
         case C_CLOSING:
             if (c->close_after_flush && now - c->since_ms > CLOSE_GRACE_MS) conn_close(c);
             break;
+        case C_HTTP_WAIT:
+            break; /* the handler answers (or the shutdown does) */
         }
     }
     flush_dirty(l);
@@ -1594,6 +1824,7 @@ static void on_tick(uv_timer_t *t)
 
 static void close_loop_handles(loop_t *l)
 {
+    close_deferred(l);
     if (!uv_is_closing((uv_handle_t *)&l->wake)) uv_close((uv_handle_t *)&l->wake, NULL);
     if (!uv_is_closing((uv_handle_t *)&l->stop)) uv_close((uv_handle_t *)&l->stop, NULL);
     if (!uv_is_closing((uv_handle_t *)&l->tick)) uv_close((uv_handle_t *)&l->tick, NULL);
@@ -1622,6 +1853,11 @@ static void on_stop(uv_async_t *h)
                 ws_close(c, 1001, "server shutting down");
             else if (c->state == C_SSE || c->state == C_HTTP)
                 conn_close_after_flush(c);
+            else if (c->state == C_HTTP_WAIT) {
+                detach_deferred(c);
+                c->state = C_HTTP;
+                respond(c, 503, "{\"error\":\"server shutting down\",\"status\":503}", NULL, 0);
+            }
         }
         flush_dirty(l);
         uv_timer_start(&l->deadline, on_deadline, (uint64_t)l->f->cfg->shutdown_timeout_ms, 0);
@@ -1692,6 +1928,7 @@ rt_fanout_t *rt_fanout_new(const rt_config_t *cfg, rt_bus_t *bus, rt_listener_t 
         l->readbuf = malloc(READ_BUF);
         if (!l->readbuf) abort();
         uv_loop_init(&l->uv);
+        pthread_mutex_init(&l->dmu, NULL);
         uv_async_init(&l->uv, &l->wake, on_wake);
         uv_async_init(&l->uv, &l->stop, on_stop);
         uv_timer_init(&l->uv, &l->tick);
@@ -1793,6 +2030,8 @@ void rt_fanout_free(rt_fanout_t *f)
         uv_run(&l->uv, UV_RUN_DEFAULT);
         uv_loop_close(&l->uv);
         rt_window_close(&l->window);
+        close_deferred(l);
+        pthread_mutex_destroy(&l->dmu);
         free(l->dirty);
         free(l->readbuf);
     }
