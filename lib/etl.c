@@ -384,18 +384,6 @@ static const struct {
     {"rt_etl_advance", UPDATE_CURSOR_SQL, 5},
 };
 
-static PGresult *run_prepared(rt_etl_t *e, const char *what, const char *name, int n,
-                              const char *const *params, ExecStatusType want)
-{
-    PGresult *r = PQexecPrepared(e->conn, name, n, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != want) {
-        if (!stopping(e)) rt_warn(COMP, "%s: %s", what, errmsg_of(e, r));
-        PQclear(r);
-        return NULL;
-    }
-    return r;
-}
-
 static PGresult *run(rt_etl_t *e, const char *what, const char *sql, int n,
                      const char *const *params, ExecStatusType want)
 {
@@ -954,9 +942,11 @@ static uint64_t hash_str(uint64_t h, rt_str_t s)
     return (h ^ 0xFE) * 0x100000001b3u;
 }
 
-/* Adds the counts of the rows inserted by this batch to the hourly rollup,
- * grouped here by (UTC hour, event_type, actor). */
-static int rollup(rt_etl_t *e, int n)
+/* Groups the rows inserted by this batch by (UTC hour, event_type, actor)
+ * and renders the eight array parameters of the rollup statement into
+ * e->copy (p points into it). Returns the number of groups (0: nothing to
+ * add). */
+static size_t rollup_params(rt_etl_t *e, int n, const char *p[8])
 {
     size_t cap = 16;
     while (cap < (size_t)n * 2)
@@ -985,7 +975,6 @@ static int rollup(rt_etl_t *e, int n)
         if (row->success == 1) g[s].ok++;
         if (row->success == 0) g[s].ko++;
     }
-    int rc = 0;
     if (ngroups > 0) {
         /* Eight array literals, one after the other, NUL-separated. */
         sbuf_t *b = &e->copy;
@@ -1028,16 +1017,82 @@ static int rollup(rt_etl_t *e, int n)
             }
             sb_put(b, "}", 2);
         }
-        const char *p[8];
         for (int col = 0; col < 8; col++)
             p[col] = b->p + off[col];
-        PGresult *r =
-            run_prepared(e, "updating audit_logs_hourly", "rt_etl_rollup", 8, p, PGRES_COMMAND_OK);
-        if (!r) rc = -1;
-        PQclear(r);
     }
     free(g);
-    return rc;
+    return ngroups;
+}
+
+/* One statement of a pipeline: prepared (name) or not (sql). */
+typedef struct pstmt {
+    const char *name, *sql;
+    int nparams;
+    const char *const *params;
+    ExecStatusType want;
+    int keep;         /* hand the result back in result */
+    PGresult *result; /* the caller clears it */
+} pstmt_t;
+
+/* Runs the statements on the target in one round trip (libpq's pipeline
+ * mode). A load is several short statements, and on a busy machine each
+ * round trip is a wait for two processes to be scheduled. Returns 0 if each
+ * one had the status it wanted; after a failure the rest were skipped by
+ * the server. */
+static int run_pipeline(rt_etl_t *e, const char *what, pstmt_t *st, int n)
+{
+    PGconn *c = e->conn;
+    int sent = PQenterPipelineMode(c);
+    for (int i = 0; i < n && sent; i++)
+        sent =
+            st[i].name
+                ? PQsendQueryPrepared(c, st[i].name, st[i].nparams, st[i].params, NULL, NULL, 0)
+                : PQsendQueryParams(c, st[i].sql, st[i].nparams, NULL, st[i].params, NULL, NULL, 0);
+    if (sent) sent = PQpipelineSync(c);
+    if (!sent) {
+        if (!stopping(e)) rt_warn(COMP, "%s: %s", what, errmsg_of(e, NULL));
+        if (!PQexitPipelineMode(c) && PQpipelineStatus(c) != PQ_PIPELINE_OFF)
+            disconnect(e, "a pipeline could not be ended");
+        return -1;
+    }
+    int good = 1;
+    for (int i = 0; i < n; i++) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+            good = 0;
+            break;
+        }
+        if (PQresultStatus(r) != st[i].want) {
+            if (good && !stopping(e)) rt_warn(COMP, "%s: %s", what, errmsg_of(e, r));
+            good = 0;
+            PQclear(r);
+        } else if (st[i].keep) {
+            st[i].result = r;
+        } else {
+            PQclear(r);
+        }
+        /* Each statement's results end with a NULL. */
+        while ((r = PQgetResult(c)) != NULL)
+            PQclear(r);
+    }
+    PGresult *sync = PQgetResult(c);
+    if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC) good = 0;
+    PQclear(sync);
+    /* Normally idle now; after a lost result, drain what is left. A session
+     * that cannot leave pipeline mode is of no further use. */
+    for (int k = 0; k < 4 * n + 4 && !PQexitPipelineMode(c); k++) {
+        good = 0;
+        PGresult *x = PQgetResult(c);
+        if (x)
+            PQclear(x);
+        else if (PQstatus(c) != CONNECTION_OK)
+            break;
+    }
+    if (PQpipelineStatus(c) != PQ_PIPELINE_OFF) {
+        disconnect(e, "a pipeline could not be ended");
+        return -1;
+    }
+    return good ? 0 : -1;
 }
 
 /* Writes the committed cursor into the source under the mirror key (see
@@ -1068,10 +1123,14 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
     int rc = -1;
     *more = 0;
 
-    if (run_cmd(e, "starting a load", "BEGIN ISOLATION LEVEL REPEATABLE READ") < 0) return -1;
     const char *src[1] = {SOURCE};
-    cur = run_prepared(e, "reading the cursor", "rt_etl_cursor", 1, src, PGRES_TUPLES_OK);
-    if (!cur) goto fail;
+    pstmt_t begin[2] = {
+        {.sql = "BEGIN ISOLATION LEVEL REPEATABLE READ", .want = PGRES_COMMAND_OK},
+        {.name = "rt_etl_cursor", .nparams = 1, .params = src, .want = PGRES_TUPLES_OK, .keep = 1},
+    };
+    int began = run_pipeline(e, "starting a load", begin, 2);
+    cur = begin[1].result;
+    if (began < 0) goto fail;
     if (PQntuples(cur) != 1) {
         rt_error(COMP, "the cursor row of '%s' is missing from rt_etl_cursor", SOURCE);
         goto fail;
@@ -1134,7 +1193,6 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
             if (!e->rows[i].has_log_id) skipped++;
             if (e->inserted[i]) inserted++, bad += e->rows[i].bad;
         }
-        if (e->maintain_hourly && inserted > 0 && rollup(e, n) < 0) goto fail;
     }
 
     int64_t s0 = strtoll(S, NULL, 10);
@@ -1142,10 +1200,21 @@ static int load_batch(rt_etl_t *e, int *more, int safe)
     snprintf(news, sizeof news, "%" PRId64, cut ? last : (last > s0 ? last : s0));
     snprintf(loaded, sizeof loaded, "%lld", inserted);
     const char *up[5] = {SOURCE, news, cut ? X : NX, N, loaded};
-    if (!(upd = run_prepared(e, "advancing the cursor", "rt_etl_advance", 5, up, PGRES_TUPLES_OK)))
-        goto fail;
-    r = run(e, "committing a load", "COMMIT", 0, NULL, PGRES_COMMAND_OK);
-    if (!r) goto fail;
+    /* The rollup, the cursor and the commit in one round trip. */
+    const char *hp[8];
+    pstmt_t end[3], *ep = end;
+    if (e->maintain_hourly && inserted > 0 && rollup_params(e, n, hp) > 0)
+        *ep++ = (pstmt_t){
+            .name = "rt_etl_rollup", .nparams = 8, .params = hp, .want = PGRES_COMMAND_OK};
+    pstmt_t *adv = ep;
+    *ep++ = (pstmt_t){
+        .name = "rt_etl_advance", .nparams = 5, .params = up, .want = PGRES_TUPLES_OK, .keep = 1};
+    pstmt_t *com = ep;
+    *ep++ = (pstmt_t){.sql = "COMMIT", .want = PGRES_COMMAND_OK, .keep = 1};
+    int ended = run_pipeline(e, "committing a load", end, (int)(ep - end));
+    upd = adv->result;
+    r = com->result;
+    if (ended < 0) goto fail;
     int committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
     PQclear(r);
     r = NULL;
