@@ -1252,7 +1252,6 @@ fail:
 out:
     PQclear(upd);
     PQclear(r);
-    r = NULL;
     PQclear(rows);
     PQclear(snap);
     PQclear(cur);
