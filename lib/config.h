@@ -55,6 +55,10 @@ typedef struct rt_config {
     int64_t etl_poll_interval_ms; /* polling/hybrid: period of the journal check */
     int64_t etl_retention_ms;     /* daily partitions older than this are dropped */
     int etl_once;                 /* --once (etl command): catch up, print, exit */
+
+    /* metrics aggregator and dashboard API */
+    int64_t metrics_reconcile_interval_ms; /* reconcile totals with the database */
+    int64_t stats_interval_ms;             /* period of the stats_updated event */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,

@@ -84,4 +84,10 @@ int rt_metrics_value(rt_metrics_t *m, const char *name, double *out);
 /* The names above, NULL-terminated (for rule validation messages). */
 const char *const *rt_metrics_value_names(void);
 
+/* NULL while the correction figures are real; otherwise why they are 0 (no
+ * intents.correction_history column, a column of another type, not
+ * reconciled yet), for /health/realtime. The string stays valid until the
+ * calling thread calls this again. Any thread. */
+const char *rt_metrics_corrections_unavailable(rt_metrics_t *m);
+
 #endif

@@ -1,0 +1,151 @@
+/*
+ * What the files of the metrics aggregator share: the immutable snapshot the
+ * worker publishes (metrics.c), which the HTTP handlers (metrics_api.c) and
+ * the Prometheus exposition (metrics_prom.c) read, and the pure helpers the
+ * unit tests call (ISO 8601 parsing, bucket arithmetic, query strings).
+ *
+ * A snapshot is written once by the worker, then only read, by any thread,
+ * until its last reference drops (rt__snap_acquire / rt__snap_release).
+ */
+#ifndef RT_METRICS_INTERNAL_H
+#define RT_METRICS_INTERNAL_H
+
+#include "event.h"
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Per-minute creation buckets kept in memory: 8 days, so that a range that
+ * starts within the last 7 days is answered from memory at any granularity
+ * (its first day bucket may begin up to a day before). */
+#define RT_M_MINUTES (8 * 24 * 60)
+#define RT_M_MEMORY_DAYS 7
+#define RT_M_MAX_STATUS 32  /* distinct statuses tracked; more go to "other" */
+#define RT_M_MAX_SOURCES 32 /* correction sources */
+#define RT_M_MAX_BTYPES 16  /* bridge types of the processing histogram */
+#define RT_M_MAX_CORR_ITEMS 100
+#define RT_M_NAME 64
+#define RT_M_MAX_BUCKETS 10000 /* timeline buckets per request */
+#define RT_M_PROC_NB 12
+extern const double rt__proc_bounds_s[RT_M_PROC_NB];
+
+typedef struct rt_m_status {
+    char name[RT_M_NAME]; /* "null" for a NULL status */
+    int64_t active;       /* intents in this status now */
+    uint64_t entered;     /* changes into this status seen since start */
+} rt_m_status_t;
+
+typedef struct rt_m_count {
+    char name[RT_M_NAME];
+    int64_t n;
+} rt_m_count_t;
+
+typedef struct rt_m_proc {
+    char name[RT_M_NAME]; /* bridge_type */
+    uint64_t b[RT_M_PROC_NB + 1]; /* not cumulative; b[NB] counts the rest */
+    double sum_s;
+    uint64_t count;
+} rt_m_proc_t;
+
+typedef struct rt_m_snap {
+    atomic_uint refs;
+    uint64_t now_ns; /* CLOCK_REALTIME when taken */
+    int64_t now_min; /* its minute number (Unix seconds / 60) */
+
+    int64_t total_intents;
+    int nstatus;
+    rt_m_status_t status[RT_M_MAX_STATUS];
+    /* minutes[i]: intents created in minute now_min - (RT_M_MINUTES - 1) + i */
+    uint32_t minutes[RT_M_MINUTES];
+    int64_t created_10m, created_30m, last_hour, last_24h, last_7d;
+    int64_t failed_10m; /* changes into "failed", last 10 minutes */
+
+    uint64_t events[RT_EV__COUNT]; /* events drained, by type, since start */
+    uint64_t events_last_60s, events_last_5m;
+
+    /* Corrections, from the last reconciliation. */
+    const char *corr_unavailable; /* NULL, or why the figures are 0 (static or in corr_reason) */
+    char corr_reason[200];
+    int64_t corr_intents;    /* intents with at least one correction */
+    int64_t corr_total;      /* corrections over all intents */
+    int64_t corr_intents_1h; /* of the intents created in the last hour */
+    int64_t created_1h_rec;  /* intents created in the last hour, at that reconciliation */
+    int nsources;
+    rt_m_count_t sources[RT_M_MAX_SOURCES];
+    int ncorr_items;
+    char *corr_items[RT_M_MAX_CORR_ITEMS]; /* {"intent_id":..,...} JSON texts, newest first */
+
+    /* Processing time (BRIDGE_STARTED -> BRIDGE_COMPLETED). */
+    double avg_proc_ms_1d, avg_proc_ms_10m; /* from the last reconciliation */
+    int nproc;
+    rt_m_proc_t proc[RT_M_MAX_BTYPES]; /* live, since start */
+
+    uint64_t reconciles, reconcile_failures, skipped_visible, unknown_transitions;
+    uint64_t last_reconcile_ns; /* CLOCK_REALTIME; 0: never */
+    uint64_t last_reconcile_us; /* how long it took */
+    int db_connected;
+} rt_m_snap_t;
+
+/* The aggregator: fields shared between the files. The worker's private
+ * state lives in metrics.c. */
+struct rt_metrics_pub {
+    rt_metrics_opts_t opts;
+    pthread_mutex_t snap_mu; /* held only to load + ref, or to swap */
+    rt_m_snap_t *snap;
+    struct {
+        rt_metrics_exposition_fn fn;
+        void *arg;
+    } expo[8];
+    int nexpo;
+};
+
+/* The latest snapshot with one reference (never NULL once created). */
+rt_m_snap_t *rt__snap_acquire(rt_metrics_t *m);
+void rt__snap_release(rt_m_snap_t *s);
+struct rt_metrics_pub *rt__metrics_pub(rt_metrics_t *m);
+/* Queues a timeline query over [start, end) with buckets of gran seconds on
+ * the query thread. Returns 0, or -EAGAIN (queue full) / -ESHUTDOWN. */
+int rt__metrics_defer_timeline(rt_metrics_t *m, int64_t start, int64_t end, int64_t gran,
+                               rt_reply_done_cb done, void *done_arg);
+
+/* On the query thread: runs a timeline query on *conn (connecting it first
+ * if needed; stoppable through wakefd/stop) and fills *out. */
+struct pg_conn;
+void rt__timeline_sql_reply(struct pg_conn **conn, const char *conninfo, int wakefd,
+                            const atomic_int *stop, int64_t start, int64_t end, int64_t gran,
+                            rt_reply_t *out);
+
+/* The overview JSON object text (malloc'd), used for the API and the body of
+ * stats_updated. */
+char *rt__overview_json(rt_metrics_t *m, const rt_m_snap_t *s);
+/* Prometheus text of everything (malloc'd, *len set). */
+char *rt__prom_render(rt_metrics_t *m, const rt_m_snap_t *s, size_t *len);
+
+/* ---- pure helpers (unit-tested) ---------------------------------------------- */
+
+/* Parses an ISO 8601 date-time: YYYY-MM-DD, optionally followed by T (or a
+ * space) and HH:MM[:SS[.fraction]], optionally followed by Z or an offset
+ * +HH[:MM] / -HH[:MM] (a space where the '+' was: a '+' in a query string
+ * decodes to a space). Without a zone the time is UTC. Stores Unix seconds
+ * (the fraction is dropped, toward the past). Returns 0 or -EINVAL. */
+int rt__iso_parse(const char *s, int64_t *out);
+/* Formats Unix seconds as "YYYY-MM-DDTHH:MM:SSZ"; returns the length. */
+size_t rt__iso_format(char *buf, size_t cap, int64_t t);
+/* Days since 1970-01-01 of a proleptic Gregorian date. */
+int64_t rt__days_from_civil(int64_t y, unsigned m, unsigned d);
+
+/* floor(t / g) * g, also for negative t. */
+int64_t rt__floor_to(int64_t t, int64_t g);
+/* Number of buckets of width g covering [floor(start), floor(end)] inclusive
+ * (end >= start). */
+int64_t rt__bucket_count(int64_t start, int64_t end, int64_t g);
+
+/* Finds key in a raw query string ("a=1&b=2"), percent-decoding the value
+ * ('+' is a space) into buf. Returns 1 found, 0 absent, -EINVAL bad
+ * encoding or too long, -EEXIST the key appears twice. */
+int rt__query_get(const char *query, const char *key, char *buf, size_t cap);
+
+#endif
