@@ -118,6 +118,10 @@ void rt__timeline_sql_reply(struct pg_conn **conn, const char *conninfo, int wak
                             const atomic_int *stop, int64_t start, int64_t end, int64_t gran,
                             rt_reply_t *out);
 
+/* For tests: asks the worker to reconcile now (it still must be connected);
+ * the snapshot's reconciles count says when it has. Any thread. */
+void rt__metrics_reconcile_now(rt_metrics_t *m);
+
 /* The overview JSON object text (malloc'd), used for the API and the body of
  * stats_updated. */
 char *rt__overview_json(rt_metrics_t *m, const rt_m_snap_t *s);

@@ -80,6 +80,7 @@ struct rt_metrics {
     rt_bus_sub_t *sub;
     int wakefd;
     atomic_int stopping;
+    atomic_int reconcile_now;
     pthread_t worker;
     int started;
     rt_metrics_snapshot_cb snap_cb;
@@ -769,6 +770,7 @@ static void *worker_main(void *arg)
         /* Lost events or unknown transitions: reconcile soon. */
         int behind = rt_bus_take_recovery(m->sub) || m->unknown_transitions != unknown_seen;
         unknown_seen = m->unknown_transitions;
+        if (atomic_exchange(&m->reconcile_now, 0)) next_reconcile = now;
         if (behind) {
             uint64_t soon = last_reconcile + (uint64_t)MIN_RECONCILE_GAP_MS * MS_NS;
             next_reconcile = min_u64(next_reconcile, soon > now ? soon : now);
@@ -808,6 +810,12 @@ static void *worker_main(void *arg)
     }
     disconnect(m, NULL);
     return NULL;
+}
+
+void rt__metrics_reconcile_now(rt_metrics_t *m)
+{
+    atomic_store(&m->reconcile_now, 1);
+    on_bus_wake(m);
 }
 
 /* ---- the query thread --------------------------------------------------------------------- */
@@ -880,6 +888,7 @@ rt_metrics_t *rt_metrics_new(const rt_metrics_opts_t *opts)
     pthread_cond_init(&m->qcv, NULL);
     m->qtail = &m->qhead;
     atomic_init(&m->stopping, 0);
+    atomic_init(&m->reconcile_now, 0);
     atomic_init(&m->qstop_flag, 0);
     m->pend = calloc(PEND_SLOTS, sizeof *m->pend);
     if (!m->pend) abort();

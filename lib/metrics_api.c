@@ -272,6 +272,10 @@ void rt__timeline_sql_reply(PGconn **conn, const char *conninfo, int wakefd,
         PQfinish(*conn);
         *conn = NULL;
     }
+    if (!conninfo) {
+        rt_reply_json_error(out, 503, "no database configured", NULL);
+        return;
+    }
     if (!*conn) {
         char err[256];
         *conn = rt_pg_connect(conninfo, "rtbridge-metrics-query", wakefd, stop, 5000, err,
