@@ -13,6 +13,7 @@
 #include "event.h"
 #include "metrics-internal.h"
 #include "metrics.h"
+#include "replywait.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -266,42 +267,21 @@ static void test_corrections_400(void **state)
 }
 
 /* A timeline older than memory is deferred and answered through done(). */
-typedef struct waiter {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int called;
-    rt_reply_t r;
-} waiter_t;
-
-static void done_cb(void *arg, rt_reply_t *r)
-{
-    waiter_t *w = arg;
-    pthread_mutex_lock(&w->mu);
-    w->r = *r;
-    w->called++;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
 static void test_deferred_without_database(void **state)
 {
     fx_t *f = *state;
     assert_int_equal(rt_metrics_start(f->m), 0);
-    waiter_t w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    replywait_t w;
+    replywait_init(&w);
     rt_reply_t r;
     rt_handle_result_t h = rt_metrics_handle(f->m, "/api/v1/dashboard/timeline",
-                                             "start=2020-01-01&end=2020-01-02", &r, done_cb, &w);
+                                             "start=2020-01-01&end=2020-01-02", &r, replywait_done,
+                                             &w);
     assert_int_equal(h, RT_HANDLE_LATER);
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += 5;
-    pthread_mutex_lock(&w.mu);
-    while (!w.called && pthread_cond_timedwait(&w.cv, &w.mu, &dl) == 0) {
-    }
-    pthread_mutex_unlock(&w.mu);
-    assert_int_equal(w.called, 1);
+    assert_int_equal(replywait_wait(&w, 5000), 1);
     assert_int_equal(w.r.status, 503);
     free(w.r.body);
+    replywait_destroy(&w);
 }
 
 /* ---- counting from events ---------------------------------------------------------------- */
