@@ -108,6 +108,8 @@ struct rt_metrics {
     uint64_t reconciles, reconcile_failures, skipped_visible, unknown_transitions;
     uint64_t last_reconcile_ns, last_reconcile_us;
     int dirty; /* state changed since the last snapshot */
+    rt_m_procinfo_t procinfo;
+    uint64_t procinfo_at; /* monotonic ns of the last sample */
 
     /* ---- the query thread (timelines older than memory) ---- */
     pthread_t qthread;
@@ -695,6 +697,11 @@ static rt_m_snap_t *build_snapshot(rt_metrics_t *m)
     s->last_reconcile_ns = m->last_reconcile_ns;
     s->last_reconcile_us = m->last_reconcile_us;
     s->db_connected = m->conn != NULL;
+    if (rt_mono_ns() >= m->procinfo_at + PUBLISH_MAX_MS * MS_NS) {
+        rt__procinfo_read(&m->procinfo);
+        m->procinfo_at = rt_mono_ns();
+    }
+    s->procinfo = m->procinfo;
     return s;
 }
 

@@ -230,9 +230,11 @@ static void pipeline_families(FILE *f, const rt_m_snap_t *s, rt_listener_stats_t
         "1 when intents has a usable correction_history column", s->corr_unavailable ? 0 : 1);
 }
 
-/* CPU, memory, fds and start time of this process, from /proc. */
-static void process_families(FILE *f)
+void rt__procinfo_read(rt_m_procinfo_t *p)
 {
+    memset(p, 0, sizeof *p);
+    p->open_fds = -1;
+    p->max_fds = -1;
     long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
     char buf[1024];
     FILE *st = fopen("/proc/self/stat", "r");
@@ -240,10 +242,10 @@ static void process_families(FILE *f)
     if (st) fclose(st);
     buf[n] = '\0';
     /* Fields after the command name, which may hold spaces: from the last ')'. */
-    char *p = strrchr(buf, ')');
+    char *q = strrchr(buf, ')');
     unsigned long long ut = 0, stt = 0, start = 0, vsize = 0;
     long long rss = 0;
-    if (p && sscanf(p + 2,
+    if (q && sscanf(q + 2,
                     "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d "
                     "%*d %llu %llu %lld",
                     &ut, &stt, &start, &vsize, &rss) == 5) {
@@ -253,25 +255,37 @@ static void process_families(FILE *f)
         while (ps && fgets(line, sizeof line, ps))
             if (sscanf(line, "btime %lf", &btime) == 1) break;
         if (ps) fclose(ps);
-        one(f, "process_cpu_seconds_total", "counter", "User and system CPU time spent",
-            (double)(ut + stt) / (double)tick);
-        one(f, "process_resident_memory_bytes", "gauge", "Resident memory size",
-            (double)rss * (double)page);
-        one(f, "process_virtual_memory_bytes", "gauge", "Virtual memory size", (double)vsize);
-        one(f, "process_start_time_seconds", "gauge", "Start time of the process (Unix time)",
-            btime + (double)start / (double)tick);
+        p->ok = 1;
+        p->cpu_s = (double)(ut + stt) / (double)tick;
+        p->rss_bytes = (double)rss * (double)page;
+        p->vsize_bytes = (double)vsize;
+        p->start_time_s = btime + (double)start / (double)tick;
     }
-    long fds = 0;
     DIR *d = opendir("/proc/self/fd");
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (e->d_name[0] != '.') fds++;
     if (d) {
+        long fds = 0;
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.') fds++;
         closedir(d);
-        one(f, "process_open_fds", "gauge", "Open file descriptors", (double)(fds - 1));
+        p->open_fds = fds - 1; /* not the directory's own */
     }
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        one(f, "process_max_fds", "gauge", "Limit on open file descriptors", (double)rl.rlim_cur);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) p->max_fds = (double)rl.rlim_cur;
+}
+
+static void process_families(FILE *f, const rt_m_procinfo_t *p)
+{
+    if (p->ok) {
+        one(f, "process_cpu_seconds_total", "counter", "User and system CPU time spent", p->cpu_s);
+        one(f, "process_resident_memory_bytes", "gauge", "Resident memory size", p->rss_bytes);
+        one(f, "process_virtual_memory_bytes", "gauge", "Virtual memory size", p->vsize_bytes);
+        one(f, "process_start_time_seconds", "gauge", "Start time of the process (Unix time)",
+            p->start_time_s);
+    }
+    if (p->open_fds >= 0)
+        one(f, "process_open_fds", "gauge", "Open file descriptors", (double)p->open_fds);
+    if (p->max_fds >= 0)
+        one(f, "process_max_fds", "gauge", "Limit on open file descriptors", p->max_fds);
 }
 
 char *rt__prom_render(rt_metrics_t *m, const rt_m_snap_t *s, size_t *len)
@@ -287,7 +301,7 @@ char *rt__prom_render(rt_metrics_t *m, const rt_m_snap_t *s, size_t *len)
     bridge_families(f, s, &fs);
     realtime_families(f, s, &fs, ls, o);
     pipeline_families(f, s, ls, o);
-    process_families(f);
+    process_families(f, &s->procinfo);
     for (int i = 0; i < pub->nexpo; i++)
         pub->expo[i].fn(pub->expo[i].arg, f);
     fclose(f);

@@ -410,6 +410,15 @@ static void test_prometheus_structure(void **state)
     fx_t *f = *state;
     char *text;
     assert_int_equal(call(f, "/metrics", "", &text), 200);
+    /* This process started within the last hour and has some fds open. */
+    const char *st = strstr(text, "\nprocess_start_time_seconds ");
+    assert_non_null(st);
+    double started = strtod(st + strlen("\nprocess_start_time_seconds "), NULL);
+    double now = (double)rt_now_ns() / 1e9;
+    if (!(started <= now + 1 && started > now - 3600)) fail_msg("start time %f, now %f", started, now);
+    const char *fds = strstr(text, "\nprocess_open_fds ");
+    assert_non_null(fds);
+    assert_true(strtol(fds + strlen("\nprocess_open_fds "), NULL, 10) >= 3);
     char help[128] = "", type_name[128] = "", type[32] = "";
     unsigned long last_bucket = 0;
     int families = 0;
