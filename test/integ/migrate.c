@@ -119,8 +119,10 @@ static void expect_keys(json_t *o, const char *const *keys, size_t n)
     }
 }
 
-static const char *const INTENT_KEYS[] = {"intent_id",  "status", "version", "updated_at",
-                                          "event_type", "data",   "seq"};
+/* The spec's keys, data and seq, and (005) old_status and created_at. */
+static const char *const INTENT_KEYS[] = {"intent_id", "status",     "version",   "updated_at",
+                                          "event_type", "data",      "seq",       "old_status",
+                                          "created_at"};
 static const char *const AUDIT_KEYS[] = {"log_id",     "event_type", "intent_id", "actor",
                                          "created_at", "payload",    "seq"};
 static const char *const REF_KEYS[] = {"seq", "ref"};
@@ -301,6 +303,7 @@ static void test_existing_tables_untouched(void **state)
     expect_str(j, "event_type", "INSERT");
     expect_null(j, "version");
     expect_null(j, "updated_at");
+    expect_null(j, "old_status");
     expect_str(json_object_get(j, "data"), "k", "v");
     expect_ll(j, "seq", seq);
     expect_journal_row(c, seq, "intent_changed", "intent_update", ID3);
@@ -313,6 +316,8 @@ static void test_existing_tables_untouched(void **state)
     expect_str(j, "intent_id", ID1);
     expect_str(j, "status", "failed");
     expect_str(j, "event_type", "UPDATE");
+    expect_str(j, "old_status", "pending");
+    expect_str(j, "created_at", "2025-01-01T10:00:00");
     expect_null(j, "version");
     expect_str(j, "updated_at", "2025-01-01T10:00:00");
     expect_ll(json_object_get(j, "data"), "amount", 10);
