@@ -44,7 +44,7 @@ typedef struct rt_m_count {
 } rt_m_count_t;
 
 typedef struct rt_m_proc {
-    char name[RT_M_NAME]; /* bridge_type */
+    char name[RT_M_NAME];         /* bridge_type */
     uint64_t b[RT_M_PROC_NB + 1]; /* not cumulative; b[NB] counts the rest */
     double sum_s;
     uint64_t count;
@@ -53,7 +53,7 @@ typedef struct rt_m_proc {
 /* This process, from /proc (sampled by the worker: counting the fds of a
  * server with 19 000 connections is too slow for a fan-out loop). */
 typedef struct rt_m_procinfo {
-    int ok;         /* /proc/self/stat was read */
+    int ok; /* /proc/self/stat was read */
     double cpu_s, rss_bytes, vsize_bytes, start_time_s;
     long open_fds;  /* -1: unknown */
     double max_fds; /* -1: unknown */

@@ -59,7 +59,7 @@
 #define MAX_QUERY_QUEUE 64
 
 const double rt__proc_bounds_s[RT_M_PROC_NB] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,
-                                                 2.5,  5,    10,  30,   60,  300};
+                                                2.5,  5,    10,  30,   60,  300};
 
 typedef struct pend {
     char id[40];
@@ -103,7 +103,7 @@ struct rt_metrics {
     int nproc;
     rt_m_proc_t proc[RT_M_MAX_BTYPES];
     /* from the last reconciliation */
-    rt_m_snap_t rec; /* only the correction and processing fields are used */
+    rt_m_snap_t rec;    /* only the correction and processing fields are used */
     char *vis_snapshot; /* pg_snapshot text while checking visibility, else NULL */
     uint64_t reconciles, reconcile_failures, skipped_visible, unknown_transitions;
     uint64_t last_reconcile_ns, last_reconcile_us;
@@ -278,8 +278,7 @@ static rt_m_proc_t *proc_slot(rt_metrics_t *m, const char *name)
 {
     for (int i = 0; i < m->nproc; i++)
         if (strcmp(m->proc[i].name, name) == 0) return &m->proc[i];
-    if (m->nproc == RT_M_MAX_BTYPES - 1 && strcmp(name, "other") != 0)
-        return proc_slot(m, "other");
+    if (m->nproc == RT_M_MAX_BTYPES - 1 && strcmp(name, "other") != 0) return proc_slot(m, "other");
     rt_m_proc_t *p = &m->proc[m->nproc++];
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
@@ -342,8 +341,7 @@ static PGconn *connect_db(const char *conninfo, const char *appname, int wakefd,
                           const atomic_int *stop)
 {
     char err[256];
-    PGconn *c = rt_pg_connect(conninfo, appname, wakefd, stop, CONNECT_TIMEOUT_MS, err,
-                              sizeof err);
+    PGconn *c = rt_pg_connect(conninfo, appname, wakefd, stop, CONNECT_TIMEOUT_MS, err, sizeof err);
     if (!c) {
         if (!atomic_load(stop)) rt_warn(COMP, "%s: connect failed: %s", appname, err);
         return NULL;
@@ -432,9 +430,9 @@ static int reconcile_corrections(rt_metrics_t *m, rt_m_snap_t *r)
     if (!q) return -1;
     for (int i = 0; i < PQntuples(q) && i < RT_M_MAX_CORR_ITEMS; i++) {
         json_t *last = json_loads(PQgetvalue(q, i, 2), JSON_DECODE_ANY, NULL);
-        json_t *o = json_pack("{s:s,s:I,s:o}", "intent_id", PQgetvalue(q, i, 0),
-                              "correction_count", (json_int_t)strtoll(PQgetvalue(q, i, 1), NULL, 10),
-                              "last_correction", last ? last : json_null());
+        json_t *o = json_pack("{s:s,s:I,s:o}", "intent_id", PQgetvalue(q, i, 0), "correction_count",
+                              (json_int_t)strtoll(PQgetvalue(q, i, 1), NULL, 10), "last_correction",
+                              last ? last : json_null());
         r->corr_items[r->ncorr_items++] = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(o);
     }
@@ -677,7 +675,8 @@ static rt_m_snap_t *build_snapshot(rt_metrics_t *m)
     s->nstatus = m->nstatus;
     memcpy(s->status, m->status, sizeof s->status);
     for (size_t i = 0; i < RT_M_MINUTES; i++)
-        s->minutes[i] = m->minutes[slot(m->cur_min - (RT_M_MINUTES - 1) + (int64_t)i, RT_M_MINUTES)];
+        s->minutes[i] =
+            m->minutes[slot(m->cur_min - (RT_M_MINUTES - 1) + (int64_t)i, RT_M_MINUTES)];
     s->created_10m = (int64_t)ring_sum(m->minutes, RT_M_MINUTES, m->cur_min, 10);
     s->created_30m = (int64_t)ring_sum(m->minutes, RT_M_MINUTES, m->cur_min, 30);
     s->last_hour = (int64_t)ring_sum(m->minutes, RT_M_MINUTES, m->cur_min, 60);
@@ -811,8 +810,10 @@ static void *worker_main(void *arg)
         }
         uint64_t until = min_u64(next_stats, last_publish + PUBLISH_MAX_MS * MS_NS);
         if (m->dirty) until = min_u64(until, last_publish + PUBLISH_MIN_MS * MS_NS);
-        if (m->conn) until = min_u64(until, next_reconcile);
-        else until = min_u64(until, next_connect);
+        if (m->conn)
+            until = min_u64(until, next_reconcile);
+        else
+            until = min_u64(until, next_connect);
         wait_until(m, until);
     }
     disconnect(m, NULL);

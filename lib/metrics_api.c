@@ -97,7 +97,8 @@ int rt__iso_parse(const char *s, int64_t *out)
         off = sign * (oh * 3600 + om * 60);
     }
     if (*p) return -EINVAL;
-    *out = rt__days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + se - off;
+    *out =
+        rt__days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + se - off;
     return 0;
 }
 
@@ -202,14 +203,14 @@ char *rt__overview_json(rt_metrics_t *m, const rt_m_snap_t *s)
     }
     json_t *lag = o->etl ? json_real((double)atomic_load(&rt_etl_stats(o->etl)->lag_ms) / 1000.0)
                          : json_null();
-    json_t *j = json_pack(
-        "{s:I,s:o,s:{s:I,s:I,s:I},s:f,s:I,s:i,s:i,s:f,s:o}", "total_intents",
-        (json_int_t)s->total_intents, "status_distribution", dist, "recent_activity", "last_hour",
-        (json_int_t)s->last_hour, "last_24h", (json_int_t)s->last_24h, "last_7d",
-        (json_int_t)s->last_7d, "correction_rate", round_to(rate, 0.001), "avg_processing_time_ms",
-        (json_int_t)s->avg_proc_ms_1d, "active_websockets", (int)ws, "active_sse", (int)sse,
-        "events_per_second", round_to((double)s->events_last_60s / 60.0, 0.01), "etl_lag_seconds",
-        lag);
+    json_t *j =
+        json_pack("{s:I,s:o,s:{s:I,s:I,s:I},s:f,s:I,s:i,s:i,s:f,s:o}", "total_intents",
+                  (json_int_t)s->total_intents, "status_distribution", dist, "recent_activity",
+                  "last_hour", (json_int_t)s->last_hour, "last_24h", (json_int_t)s->last_24h,
+                  "last_7d", (json_int_t)s->last_7d, "correction_rate", round_to(rate, 0.001),
+                  "avg_processing_time_ms", (json_int_t)s->avg_proc_ms_1d, "active_websockets",
+                  (int)ws, "active_sse", (int)sse, "events_per_second",
+                  round_to((double)s->events_last_60s / 60.0, 0.01), "etl_lag_seconds", lag);
     if (!j) abort();
     return dump(j);
 }
@@ -264,9 +265,8 @@ static void ts_text(char *buf, size_t cap, int64_t t)
     if (z) snprintf(z, cap - (size_t)(z - buf), "+00");
 }
 
-void rt__timeline_sql_reply(PGconn **conn, const char *conninfo, int wakefd,
-                            const atomic_int *stop, int64_t start, int64_t end, int64_t g,
-                            rt_reply_t *out)
+void rt__timeline_sql_reply(PGconn **conn, const char *conninfo, int wakefd, const atomic_int *stop,
+                            int64_t start, int64_t end, int64_t g, rt_reply_t *out)
 {
     if (*conn && PQstatus(*conn) != CONNECTION_OK) {
         PQfinish(*conn);
@@ -278,8 +278,8 @@ void rt__timeline_sql_reply(PGconn **conn, const char *conninfo, int wakefd,
     }
     if (!*conn) {
         char err[256];
-        *conn = rt_pg_connect(conninfo, "rtbridge-metrics-query", wakefd, stop, 5000, err,
-                              sizeof err);
+        *conn =
+            rt_pg_connect(conninfo, "rtbridge-metrics-query", wakefd, stop, 5000, err, sizeof err);
         if (!*conn) {
             rt_warn(COMP, "timeline query: connect failed: %s", err);
             rt_reply_json_error(out, 503, "database unavailable", NULL);
@@ -348,8 +348,10 @@ static rt_handle_result_t timeline(rt_metrics_t *m, const char *query, rt_reply_
         rt_reply_json_error(out, 400, "parameter granularity given twice", "granularity");
         return RT_HANDLE_DONE;
     }
-    if (rc == 1 && strcmp(v, "minute") == 0) g = 60;
-    else if (rc == 1 && strcmp(v, "day") == 0) g = 86400;
+    if (rc == 1 && strcmp(v, "minute") == 0)
+        g = 60;
+    else if (rc == 1 && strcmp(v, "day") == 0)
+        g = 86400;
     else if (rc != 0 && (rc != 1 || strcmp(v, "hour") != 0)) {
         rt_reply_json_error(out, 400, "granularity must be minute, hour or day", "granularity");
         return RT_HANDLE_DONE;
@@ -375,8 +377,8 @@ static rt_handle_result_t timeline(rt_metrics_t *m, const char *query, rt_reply_
     if (in_memory) return RT_HANDLE_DONE;
     rc = rt__metrics_defer_timeline(m, start, end, g, done, done_arg);
     if (rc == 0) return RT_HANDLE_LATER;
-    rt_reply_json_error(out, 503, rc == -EAGAIN ? "too many timeline queries pending" : "shutting down",
-                        NULL);
+    rt_reply_json_error(
+        out, 503, rc == -EAGAIN ? "too many timeline queries pending" : "shutting down", NULL);
     return RT_HANDLE_DONE;
 }
 
@@ -438,13 +440,14 @@ rt_handle_result_t rt_metrics_handle(void *ctx, const char *path, const char *qu
 
 /* ---- named values --------------------------------------------------------------------------- */
 
-static const char *const value_names[] = {
-    "intents_total",          "intents_created_10m",   "intents_created_30m",
-    "intents_created_1h",     "failed_rate_10m",       "correction_rate_1h",
-    "avg_processing_time_ms", "avg_processing_time_s", "events_per_second",
-    "events_last_5m",         "etl_lag_seconds",       "listener_connected",
-    "active_connections",     "slow_consumer_disconnects", "ring_overflows",
-    NULL};
+static const char *const value_names[] = {"intents_total",          "intents_created_10m",
+                                          "intents_created_30m",    "intents_created_1h",
+                                          "failed_rate_10m",        "correction_rate_1h",
+                                          "avg_processing_time_ms", "avg_processing_time_s",
+                                          "events_per_second",      "events_last_5m",
+                                          "etl_lag_seconds",        "listener_connected",
+                                          "active_connections",     "slow_consumer_disconnects",
+                                          "ring_overflows",         NULL};
 
 const char *const *rt_metrics_value_names(void)
 {
@@ -468,20 +471,48 @@ int rt_metrics_value(rt_metrics_t *m, const char *name, double *out)
     rt_m_snap_t *s = rt__snap_acquire(m);
     double v = 0;
     switch (i) {
-    case 0: v = (double)s->total_intents; break;
-    case 1: v = (double)s->created_10m; break;
-    case 2: v = (double)s->created_30m; break;
-    case 3: v = (double)s->last_hour; break;
-    case 4: v = ratio(s->failed_10m, s->created_10m); break;
-    case 5: v = ratio(s->corr_intents_1h, s->created_1h_rec); break;
-    case 6: v = s->avg_proc_ms_10m; break;
-    case 7: v = s->avg_proc_ms_10m / 1000.0; break;
-    case 8: v = (double)s->events_last_60s / 60.0; break;
-    case 9: v = (double)s->events_last_5m; break;
-    case 10: v = o->etl ? (double)atomic_load(&rt_etl_stats(o->etl)->lag_ms) / 1000.0 : 0; break;
-    case 11: v = o->listener ? atomic_load(&rt_listener_stats(o->listener)->connected) : 0; break;
-    case 12: v = (double)(fs.active[RT_TRANSPORT_WS] + fs.active[RT_TRANSPORT_SSE]); break;
-    case 13: v = (double)fs.slow_disconnects; break;
+    case 0:
+        v = (double)s->total_intents;
+        break;
+    case 1:
+        v = (double)s->created_10m;
+        break;
+    case 2:
+        v = (double)s->created_30m;
+        break;
+    case 3:
+        v = (double)s->last_hour;
+        break;
+    case 4:
+        v = ratio(s->failed_10m, s->created_10m);
+        break;
+    case 5:
+        v = ratio(s->corr_intents_1h, s->created_1h_rec);
+        break;
+    case 6:
+        v = s->avg_proc_ms_10m;
+        break;
+    case 7:
+        v = s->avg_proc_ms_10m / 1000.0;
+        break;
+    case 8:
+        v = (double)s->events_last_60s / 60.0;
+        break;
+    case 9:
+        v = (double)s->events_last_5m;
+        break;
+    case 10:
+        v = o->etl ? (double)atomic_load(&rt_etl_stats(o->etl)->lag_ms) / 1000.0 : 0;
+        break;
+    case 11:
+        v = o->listener ? atomic_load(&rt_listener_stats(o->listener)->connected) : 0;
+        break;
+    case 12:
+        v = (double)(fs.active[RT_TRANSPORT_WS] + fs.active[RT_TRANSPORT_SSE]);
+        break;
+    case 13:
+        v = (double)fs.slow_disconnects;
+        break;
     default:
         for (unsigned k = 0; k < o->bus->nsubs; k++)
             v += (double)atomic_load(&o->bus->subs[k]->overflows);

@@ -28,10 +28,14 @@ static void family(FILE *f, const char *name, const char *type, const char *help
 static void label_value(FILE *f, const char *v)
 {
     for (; *v; v++) {
-        if (*v == '\\') fputs("\\\\", f);
-        else if (*v == '"') fputs("\\\"", f);
-        else if (*v == '\n') fputs("\\n", f);
-        else fputc(*v, f);
+        if (*v == '\\')
+            fputs("\\\\", f);
+        else if (*v == '"')
+            fputs("\\\"", f);
+        else if (*v == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*v, f);
     }
 }
 
@@ -67,8 +71,10 @@ static void histogram(FILE *f, const char *name, const char *label, const char *
             label_value(f, lvalue);
             fputs("\",", f);
         }
-        if (i < nb) fprintf(f, "le=\"%g\"} %lu\n", bounds[i], cum);
-        else fprintf(f, "le=\"+Inf\"} %lu\n", cum);
+        if (i < nb)
+            fprintf(f, "le=\"%g\"} %lu\n", bounds[i], cum);
+        else
+            fprintf(f, "le=\"+Inf\"} %lu\n", cum);
     }
     if (label) {
         fprintf(f, "%s_sum{%s=\"", name, label);

@@ -173,9 +173,10 @@ static void assert_json_eq(json_t *got, json_t *want, const char *what)
     "'recent_activity', json_build_object("                                                        \
     "  'last_hour', (SELECT count(*) FROM intents WHERE created_at > now() - interval '1 hour'),"  \
     "  'last_24h', (SELECT count(*) FROM intents WHERE created_at > now() - interval '24 hours')," \
-    "  'last_7d', (SELECT count(*) FROM intents WHERE created_at > now() - interval '168 hours')),"\
-    "'avg_processing_time_ms', (SELECT coalesce(trunc(AVG(EXTRACT(EPOCH FROM ("                     \
-    "  SELECT MIN(created_at) FROM audit_logs al2 WHERE al2.intent_id = al1.intent_id"              \
+    "  'last_7d', (SELECT count(*) FROM intents WHERE created_at > now() - interval '168 "         \
+    "hours')),"                                                                                    \
+    "'avg_processing_time_ms', (SELECT coalesce(trunc(AVG(EXTRACT(EPOCH FROM ("                    \
+    "  SELECT MIN(created_at) FROM audit_logs al2 WHERE al2.intent_id = al1.intent_id"             \
     "  AND al2.event_type = 'BRIDGE_COMPLETED')) - EXTRACT(EPOCH FROM created_at)) * 1000), 0)"    \
     "  FROM audit_logs al1 WHERE event_type = 'BRIDGE_STARTED'"                                    \
     "  AND created_at > now() - interval '1 day')"                                                 \
@@ -220,13 +221,14 @@ static void assert_timeline_matches(fixture_t *f, int64_t start, int64_t end, co
     json_t *got = json_loadb(r.body, r.len, 0, NULL);
     free(r.body);
     char sql[1024];
-    snprintf(sql, sizeof sql,
-             "SELECT json_agg(json_build_object('time', to_char(b, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-             " 'count', (SELECT count(*) FROM intents WHERE created_at >= b"
-             " AND created_at < b + '1 %s'::interval)) ORDER BY b)::text "
-             "FROM generate_series(date_trunc('%s', '%s'::timestamp), date_trunc('%s', "
-             "'%s'::timestamp), '1 %s'::interval) b",
-             gran, gran, a, gran, b, gran);
+    snprintf(
+        sql, sizeof sql,
+        "SELECT json_agg(json_build_object('time', to_char(b, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " 'count', (SELECT count(*) FROM intents WHERE created_at >= b"
+        " AND created_at < b + '1 %s'::interval)) ORDER BY b)::text "
+        "FROM generate_series(date_trunc('%s', '%s'::timestamp), date_trunc('%s', "
+        "'%s'::timestamp), '1 %s'::interval) b",
+        gran, gran, a, gran, b, gran);
     json_t *want = sql_json(f, sql);
     assert_json_eq(got, want, q);
     json_decref(got);
@@ -322,7 +324,7 @@ static void test_matches_sql(void **state)
     assert_timeline_matches(&f, t - 2 * 86400, t, "hour", 0);
     assert_timeline_matches(&f, t - 3 * 3600, t, "minute", 0);
     assert_timeline_matches(&f, t - 6 * 86400, t + 86400, "day", 0);
-    assert_timeline_matches(&f, t - 30 * 86400, t, "day", 1);   /* older than memory: SQL */
+    assert_timeline_matches(&f, t - 30 * 86400, t, "day", 1); /* older than memory: SQL */
     assert_timeline_matches(&f, t - 12 * 86400, t - 9 * 86400, "hour", 1);
 
     char *text = scrape(&f);
@@ -358,8 +360,8 @@ static int64_t publish_journal(fixture_t *f, int64_t after, rt_event_t **held, i
         rt_event_t *ev = NULL;
         int64_t seq;
         const char *p = PQgetvalue(r, i, 2);
-        assert_int_equal(rt_event_parse_notify(PQgetvalue(r, i, 1), p, strlen(p), rt_now_ns(),
-                                               &ev, &seq, NULL, 0),
+        assert_int_equal(rt_event_parse_notify(PQgetvalue(r, i, 1), p, strlen(p), rt_now_ns(), &ev,
+                                               &seq, NULL, 0),
                          RT_PARSE_OK);
         if (held) {
             held[(*nheld)++] = ev;
@@ -417,9 +419,11 @@ static void test_corrections(void **state)
     pgt_exec(f.db,
              "INSERT INTO intents (id, status, updated_at, correction_history) VALUES "
              "('00000000-0000-0000-0000-00000000000a', 'corrected', now() - interval '1 hour', "
-             " '[{\"source\": \"YUNO\", \"reason\": \"r1\", \"applied_at\": \"2025-12-03T10:00:00Z\"}]'),"
+             " '[{\"source\": \"YUNO\", \"reason\": \"r1\", \"applied_at\": "
+             "\"2025-12-03T10:00:00Z\"}]'),"
              "('00000000-0000-0000-0000-00000000000b', 'corrected', now(), "
-             " '[{\"source\": \"YUNO\", \"reason\": \"r2\"}, {\"source\": \"manual\", \"reason\": \"r3\"}]'),"
+             " '[{\"source\": \"YUNO\", \"reason\": \"r2\"}, {\"source\": \"manual\", \"reason\": "
+             "\"r3\"}]'),"
              "('00000000-0000-0000-0000-00000000000c', 'completed', now(), '[]'),"
              "('00000000-0000-0000-0000-00000000000d', 'completed', now(), NULL)");
     fixture_start(&f, 0);

@@ -575,11 +575,12 @@ static void test_large_payload(void **state)
     free(same);
 
     /* The boundary: 7999 bytes still go inline, 8000 go by reference. Fix
-     * every variable part (seq digits, timestamp) so only the blob's length
+     * every variable part (seq digits, timestamps) so only the blob's length
      * changes the payload's length, then measure the rest. */
     pgt_exec(w, "SELECT setval('rt_journal_seq', 100000)");
-    pgt_exec(w, "INSERT INTO intents (id, status, data, updated_at) VALUES ('" ID2 "', 'pending', "
-                "jsonb_build_object('blob', repeat('y', 100)), '2025-01-01 00:00:00')");
+    pgt_exec(w, "INSERT INTO intents (id, status, data, updated_at, created_at) "
+                "VALUES ('" ID2 "', 'pending', jsonb_build_object('blob', repeat('y', 100)), "
+                "'2025-01-01 00:00:00', '2025-01-01 00:00:00')");
     free(expect_notify(l, "intent_changed"));
     long long fixed = pgt_scalar_ll(w, "SELECT octet_length(payload) - 100 FROM rt_journal "
                                        "WHERE seq = (SELECT max(seq) FROM rt_journal)");
@@ -587,8 +588,9 @@ static void test_large_payload(void **state)
 
     pgt_exec(w, "DELETE FROM intents WHERE id <> '" ID1 "'");
     snprintf(sql, sizeof sql,
-             "INSERT INTO intents (id, status, data, updated_at) VALUES ('" ID2 "', 'pending', "
-             "jsonb_build_object('blob', repeat('y', %lld)), '2025-01-01 00:00:00')",
+             "INSERT INTO intents (id, status, data, updated_at, created_at) "
+             "VALUES ('" ID2 "', 'pending', jsonb_build_object('blob', repeat('y', %lld)), "
+             "'2025-01-01 00:00:00', '2025-01-01 00:00:00')",
              fit);
     pgt_exec(w, sql);
     seq = max_seq(w);
@@ -600,8 +602,9 @@ static void test_large_payload(void **state)
     free(p);
 
     snprintf(sql, sizeof sql,
-             "INSERT INTO intents (id, status, data, updated_at) VALUES ('" ID3 "', 'pending', "
-             "jsonb_build_object('blob', repeat('y', %lld)), '2025-01-01 00:00:00')",
+             "INSERT INTO intents (id, status, data, updated_at, created_at) "
+             "VALUES ('" ID3 "', 'pending', jsonb_build_object('blob', repeat('y', %lld)), "
+             "'2025-01-01 00:00:00', '2025-01-01 00:00:00')",
              fit + 1);
     pgt_exec(w, sql);
     seq = max_seq(w);

@@ -38,10 +38,10 @@ static void test_iso_parse_valid(void **state)
     (void)state;
     /* 2025-12-03T10:00:00Z = 1764756000 (checked with date -u -d ... +%s). */
     assert_int_equal(iso("2025-12-03T10:00:00Z"), 1764756000);
-    assert_int_equal(iso("2025-12-03T10:00:00"), 1764756000);   /* no zone: UTC */
+    assert_int_equal(iso("2025-12-03T10:00:00"), 1764756000); /* no zone: UTC */
     assert_int_equal(iso("2025-12-03t10:00:00z"), 1764756000);
     assert_int_equal(iso("2025-12-03 10:00:00Z"), 1764756000);
-    assert_int_equal(iso("2025-12-03T10:00Z"), 1764756000);     /* no seconds */
+    assert_int_equal(iso("2025-12-03T10:00Z"), 1764756000);        /* no seconds */
     assert_int_equal(iso("2025-12-03T10:00:00.999Z"), 1764756000); /* fraction dropped */
     assert_int_equal(iso("2025-12-03T19:00:00+09:00"), 1764756000);
     assert_int_equal(iso("2025-12-03T19:00:00+0900"), 1764756000);
@@ -210,8 +210,7 @@ static void expect_400(fx_t *f, const char *path, const char *query, const char 
     const char *p = json_string_value(json_object_get(j, "parameter"));
     const char *e = json_string_value(json_object_get(j, "error"));
     if (!p || strcmp(p, param) != 0 || !e || !strstr(e, msg_part))
-        fail_msg("%s?%s: want parameter %s and \"%s\", got %s", path, query, param, msg_part,
-                 body);
+        fail_msg("%s?%s: want parameter %s and \"%s\", got %s", path, query, param, msg_part, body);
     json_decref(j);
     free(body);
 }
@@ -240,8 +239,9 @@ static void test_timeline_400(void **state)
     expect_400(f, tl, "start=2025-12-01T00:00:00Z&end=2025-12-08T00:00:00Z&granularity=minute",
                "granularity", "more than 10000");
     char *body;
-    assert_int_equal(call(f, tl, "start=2025-12-01T00:00:00Z&end=2025-12-07T22:39:00Z&"
-                                 "granularity=minute",
+    assert_int_equal(call(f, tl,
+                          "start=2025-12-01T00:00:00Z&end=2025-12-07T22:39:00Z&"
+                          "granularity=minute",
                           &body),
                      503); /* 10 000 buckets: accepted; old, so SQL: no database here */
     free(body);
@@ -251,8 +251,15 @@ static void test_corrections_400(void **state)
 {
     fx_t *f = *state;
     const char *c = "/api/v1/dashboard/corrections";
-    const char *bad[] = {"limit=0", "limit=101", "limit=-1", "limit=abc", "limit=", "limit=5x",
-                         "limit=99999999999999999999", "limit=1&limit=2", "limit"};
+    const char *bad[] = {"limit=0",
+                         "limit=101",
+                         "limit=-1",
+                         "limit=abc",
+                         "limit=",
+                         "limit=5x",
+                         "limit=99999999999999999999",
+                         "limit=1&limit=2",
+                         "limit"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_400(f, c, bad[i], "limit", "1 to 100");
     char *body;
@@ -274,9 +281,9 @@ static void test_deferred_without_database(void **state)
     replywait_t w;
     replywait_init(&w);
     rt_reply_t r;
-    rt_handle_result_t h = rt_metrics_handle(f->m, "/api/v1/dashboard/timeline",
-                                             "start=2020-01-01&end=2020-01-02", &r, replywait_done,
-                                             &w);
+    rt_handle_result_t h =
+        rt_metrics_handle(f->m, "/api/v1/dashboard/timeline", "start=2020-01-01&end=2020-01-02", &r,
+                          replywait_done, &w);
     assert_int_equal(h, RT_HANDLE_LATER);
     assert_int_equal(replywait_wait(&w, 5000), 1);
     assert_int_equal(w.r.status, 503);
@@ -302,8 +309,8 @@ static void wait_events(fx_t *f, rt_event_type_t type, uint64_t n)
         uint64_t got = s->events[type];
         rt__snap_release(s);
         if (got >= n) return;
-        if (rt_mono_ns() > deadline) fail_msg("saw %llu of %llu events", (unsigned long long)got,
-                                              (unsigned long long)n);
+        if (rt_mono_ns() > deadline)
+            fail_msg("saw %llu of %llu events", (unsigned long long)got, (unsigned long long)n);
         struct timespec ts = {0, 5000000};
         nanosleep(&ts, NULL);
     }
@@ -367,9 +374,9 @@ static void test_counts_from_events(void **state)
     assert_int_equal(json_integer_value(json_object_get(ra, "last_hour")), 5);
     assert_int_equal(json_integer_value(json_object_get(ra, "last_7d")), 5);
     assert_true(json_is_null(json_object_get(o, "etl_lag_seconds")));
-    const char *keys[] = {"total_intents",     "status_distribution", "recent_activity",
-                          "correction_rate",   "avg_processing_time_ms", "active_websockets",
-                          "active_sse",        "events_per_second",   "etl_lag_seconds"};
+    const char *keys[] = {"total_intents",   "status_distribution",    "recent_activity",
+                          "correction_rate", "avg_processing_time_ms", "active_websockets",
+                          "active_sse",      "events_per_second",      "etl_lag_seconds"};
     assert_int_equal(json_object_size(o), sizeof keys / sizeof keys[0]);
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (!json_object_get(o, keys[i])) fail_msg("overview lacks %s", keys[i]);
@@ -415,7 +422,8 @@ static void test_prometheus_structure(void **state)
     assert_non_null(st);
     double started = strtod(st + strlen("\nprocess_start_time_seconds "), NULL);
     double now = (double)rt_now_ns() / 1e9;
-    if (!(started <= now + 1 && started > now - 3600)) fail_msg("start time %f, now %f", started, now);
+    if (!(started <= now + 1 && started > now - 3600))
+        fail_msg("start time %f, now %f", started, now);
     const char *fds = strstr(text, "\nprocess_open_fds ");
     assert_non_null(fds);
     assert_true(strtol(fds + strlen("\nprocess_open_fds "), NULL, 10) >= 3);
