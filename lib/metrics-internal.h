@@ -124,11 +124,10 @@ struct rt_metrics_pub *rt__metrics_pub(rt_metrics_t *m);
 int rt__metrics_defer_timeline(rt_metrics_t *m, int64_t start, int64_t end, int64_t gran,
                                rt_reply_done_cb done, void *done_arg);
 
-/* On the query thread: runs a timeline query on *conn (connecting it first
- * if needed; stoppable through wakefd/stop) and fills *out. */
+/* On the query thread: runs a timeline query on conn (NULL: no database,
+ * 503) and fills *out. */
 struct pg_conn;
-void rt__timeline_sql_reply(struct pg_conn **conn, const char *conninfo, int wakefd,
-                            const atomic_int *stop, int64_t start, int64_t end, int64_t gran,
+void rt__timeline_sql_reply(struct pg_conn *conn, int64_t start, int64_t end, int64_t gran,
                             rt_reply_t *out);
 
 /* For tests: asks the worker to reconcile now (it still must be connected);
@@ -151,6 +150,10 @@ char *rt__prom_render(rt_metrics_t *m, const rt_m_snap_t *s, size_t *len);
 int rt__iso_parse(const char *s, int64_t *out);
 /* Formats Unix seconds as "YYYY-MM-DDTHH:MM:SSZ"; returns the length. */
 size_t rt__iso_format(char *buf, size_t cap, int64_t t);
+/* Unix seconds as an SQL parameter, "YYYY-MM-DD HH:MM:SS+00": read as UTC by
+ * a timestamptz column, and by a timestamp column (which ignores the zone)
+ * as the UTC wall time the spec's utcnow() comparisons assume. */
+void rt__sql_time(char *buf, size_t cap, int64_t t);
 /* Days since 1970-01-01 of a proleptic Gregorian date. */
 int64_t rt__days_from_civil(int64_t y, unsigned m, unsigned d);
 

@@ -120,6 +120,7 @@ struct rt_metrics {
     int qlen, qstopping;
     int qwakefd;
     atomic_int qstop_flag;
+    PGcancel *qcancel; /* under qmu */
 };
 
 static int stopping(rt_metrics_t *m)
@@ -191,7 +192,7 @@ static rt_m_status_t *status_slot(rt_metrics_t *m, const char *name)
     if (!name) name = "null";
     for (int i = 0; i < m->nstatus; i++)
         if (strcmp(m->status[i].name, name) == 0) return &m->status[i];
-    if (m->nstatus == RT_M_MAX_STATUS - 1 && strcmp(name, "other") != 0)
+    if (m->nstatus >= RT_M_MAX_STATUS - 1 && strcmp(name, "other") != 0)
         return status_slot(m, "other");
     rt_m_status_t *s = &m->status[m->nstatus++];
     memset(s, 0, sizeof *s);
@@ -278,7 +279,7 @@ static rt_m_proc_t *proc_slot(rt_metrics_t *m, const char *name)
 {
     for (int i = 0; i < m->nproc; i++)
         if (strcmp(m->proc[i].name, name) == 0) return &m->proc[i];
-    if (m->nproc == RT_M_MAX_BTYPES - 1 && strcmp(name, "other") != 0) return proc_slot(m, "other");
+    if (m->nproc >= RT_M_MAX_BTYPES - 1 && strcmp(name, "other") != 0) return proc_slot(m, "other");
     rt_m_proc_t *p = &m->proc[m->nproc++];
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
@@ -365,17 +366,6 @@ static PGresult *query(PGconn *c, const char *what, const char *sql, int n,
     return NULL;
 }
 
-static void ts_param(char *buf, size_t cap, int64_t unix_s)
-{
-    /* "YYYY-MM-DD HH:MM:SS+00": read as UTC by a timestamptz column, and by
-     * a timestamp column (which ignores the zone) as the UTC wall time the
-     * spec's utcnow() comparisons assume. */
-    rt__iso_format(buf, cap, unix_s);
-    char *t = strchr(buf, 'T'), *z = strchr(buf, 'Z');
-    if (t) *t = ' ';
-    if (z) snprintf(z, cap - (size_t)(z - buf), "+00");
-}
-
 #define CORR_TYPE_SQL                                                                              \
     "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "                                   \
     "WHERE attrelid = to_regclass('intents') AND attname = 'correction_history' "                  \
@@ -456,10 +446,10 @@ static int reconcile(rt_metrics_t *m)
     uint64_t now_ns = rt_now_ns();
     int64_t now_s = (int64_t)(now_ns / 1000000000u), now_min = now_s / 60;
     char since[40], hour[40], day[40], tenmin[40];
-    ts_param(since, sizeof since, (now_min - (RT_M_MINUTES - 1)) * 60);
-    ts_param(hour, sizeof hour, now_s - 3600);
-    ts_param(day, sizeof day, now_s - 86400);
-    ts_param(tenmin, sizeof tenmin, now_s - 600);
+    rt__sql_time(since, sizeof since, (now_min - (RT_M_MINUTES - 1)) * 60);
+    rt__sql_time(hour, sizeof hour, now_s - 3600);
+    rt__sql_time(day, sizeof day, now_s - 86400);
+    rt__sql_time(tenmin, sizeof tenmin, now_s - 600);
 
     PGresult *q = NULL;
     rt_m_snap_t *r = calloc(1, sizeof *r);
@@ -828,6 +818,15 @@ void rt__metrics_reconcile_now(rt_metrics_t *m)
 
 /* ---- the query thread --------------------------------------------------------------------- */
 
+/* The cancel handle of the query connection, for rt_metrics_stop. */
+static void set_cancel(rt_metrics_t *m, PGconn *conn)
+{
+    pthread_mutex_lock(&m->qmu);
+    if (m->qcancel) PQfreeCancel(m->qcancel);
+    m->qcancel = conn ? PQgetCancel(conn) : NULL;
+    pthread_mutex_unlock(&m->qmu);
+}
+
 static void *query_main(void *arg)
 {
     rt_metrics_t *m = arg;
@@ -843,14 +842,26 @@ static void *query_main(void *arg)
         if (!m->qhead) m->qtail = &m->qhead;
         m->qlen--;
         pthread_mutex_unlock(&m->qmu);
+        if (conn && PQstatus(conn) != CONNECTION_OK) {
+            set_cancel(m, NULL);
+            PQfinish(conn);
+            conn = NULL;
+        }
+        if (!conn && m->pub.opts.conninfo) {
+            conn = connect_db(m->pub.opts.conninfo, "rtbridge-metrics-query", m->qwakefd,
+                              &m->qstop_flag);
+            /* A query that runs away is cut off, not waited for. */
+            if (conn) PQclear(PQexec(conn, "SET statement_timeout = '30s'"));
+            set_cancel(m, conn);
+        }
         rt_reply_t r;
-        rt__timeline_sql_reply(&conn, m->pub.opts.conninfo, m->qwakefd, &m->qstop_flag, t->start,
-                               t->end, t->gran, &r);
+        rt__timeline_sql_reply(conn, t->start, t->end, t->gran, &r);
         t->done(t->done_arg, &r);
         free(t);
         pthread_mutex_lock(&m->qmu);
     }
     pthread_mutex_unlock(&m->qmu);
+    set_cancel(m, NULL);
     if (conn) PQfinish(conn);
     return NULL;
 }
@@ -949,6 +960,10 @@ void rt_metrics_stop(rt_metrics_t *m)
     int joined = m->qstarted;
     m->qstopping = 1;
     pthread_cond_signal(&m->qcv);
+    if (m->qcancel) {
+        char err[128];
+        PQcancel(m->qcancel, err, sizeof err); /* a timeline query in flight */
+    }
     pthread_mutex_unlock(&m->qmu);
     atomic_store(&m->qstop_flag, 1);
     uint64_t one = 1;

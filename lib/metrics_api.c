@@ -110,6 +110,14 @@ size_t rt__iso_format(char *buf, size_t cap, int64_t t)
     return strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+void rt__sql_time(char *buf, size_t cap, int64_t t)
+{
+    rt__iso_format(buf, cap, t);
+    char *sep = strchr(buf, 'T'), *z = strchr(buf, 'Z');
+    if (sep) *sep = ' ';
+    if (z) snprintf(z, cap - (size_t)(z - buf), "+00");
+}
+
 int64_t rt__floor_to(int64_t t, int64_t g)
 {
     int64_t r = t % g;
@@ -257,44 +265,19 @@ static void timeline_from_memory(const rt_m_snap_t *s, int64_t start, int64_t en
     free(counts);
 }
 
-static void ts_text(char *buf, size_t cap, int64_t t)
+void rt__timeline_sql_reply(PGconn *conn, int64_t start, int64_t end, int64_t g, rt_reply_t *out)
 {
-    rt__iso_format(buf, cap, t);
-    char *z = strchr(buf, 'Z'), *sep = strchr(buf, 'T');
-    if (sep) *sep = ' ';
-    if (z) snprintf(z, cap - (size_t)(z - buf), "+00");
-}
-
-void rt__timeline_sql_reply(PGconn **conn, const char *conninfo, int wakefd, const atomic_int *stop,
-                            int64_t start, int64_t end, int64_t g, rt_reply_t *out)
-{
-    if (*conn && PQstatus(*conn) != CONNECTION_OK) {
-        PQfinish(*conn);
-        *conn = NULL;
-    }
-    if (!conninfo) {
-        rt_reply_json_error(out, 503, "no database configured", NULL);
+    if (!conn) {
+        rt_reply_json_error(out, 503, "database unavailable", NULL);
         return;
-    }
-    if (!*conn) {
-        char err[256];
-        *conn =
-            rt_pg_connect(conninfo, "rtbridge-metrics-query", wakefd, stop, 5000, err, sizeof err);
-        if (!*conn) {
-            rt_warn(COMP, "timeline query: connect failed: %s", err);
-            rt_reply_json_error(out, 503, "database unavailable", NULL);
-            return;
-        }
-        PGresult *r = PQexec(*conn, "SET TimeZone = 'UTC'");
-        PQclear(r);
     }
     int64_t b0 = rt__floor_to(start, g), n = rt__bucket_count(start, end, g);
     char from[40], to[40], gs[24];
-    ts_text(from, sizeof from, b0);
-    ts_text(to, sizeof to, b0 + n * g);
+    rt__sql_time(from, sizeof from, b0);
+    rt__sql_time(to, sizeof to, b0 + n * g);
     snprintf(gs, sizeof gs, "%" PRId64, g);
     const char *params[3] = {from, to, gs};
-    PGresult *r = PQexecParams(*conn,
+    PGresult *r = PQexecParams(conn,
                                "SELECT floor(extract(epoch FROM created_at) / $3::bigint)::bigint, "
                                "count(*) FROM intents WHERE created_at >= $1 AND created_at < $2 "
                                "GROUP BY 1",

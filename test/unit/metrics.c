@@ -126,6 +126,14 @@ static void test_buckets(void **state)
     assert_int_equal(rt__bucket_count(0, 10000 * 60, 60), 10001);
 }
 
+static void test_sql_time(void **state)
+{
+    (void)state;
+    char buf[40];
+    rt__sql_time(buf, sizeof buf, 1764756000);
+    assert_string_equal(buf, "2025-12-03 10:00:00+00");
+}
+
 /* ---- query strings ------------------------------------------------------------------- */
 
 static void test_query_get(void **state)
@@ -409,6 +417,37 @@ static void test_counts_from_events(void **state)
     free(text);
 }
 
+/* More distinct statuses than the table holds: the rest are "other", and
+ * nothing is lost or written out of bounds (ASan watches this one). */
+static void test_many_statuses(void **state)
+{
+    fx_t *f = *state;
+    assert_int_equal(rt_metrics_start(f->m), 0);
+    char b[256];
+    for (int i = 0; i < 40; i++) {
+        snprintf(b, sizeof b,
+                 "{\"intent_id\":\"s%d\",\"status\":\"st%02d\",\"event_type\":\"INSERT\","
+                 "\"old_status\":null}",
+                 i, i);
+        publish(f->bus, RT_EV_INTENT_UPDATE, b);
+    }
+    wait_events(f, RT_EV_INTENT_UPDATE, 40);
+    uint64_t deadline = rt_mono_ns() + 5000000000u;
+    json_t *o;
+    while ((o = overview(f)) && json_integer_value(json_object_get(o, "total_intents")) < 40 &&
+           rt_mono_ns() < deadline) {
+        json_decref(o);
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(json_integer_value(json_object_get(o, "total_intents")), 40);
+    json_t *d = json_object_get(o, "status_distribution");
+    assert_int_equal(json_object_size(d), RT_M_MAX_STATUS);
+    assert_int_equal(json_integer_value(json_object_get(d, "st00")), 1);
+    assert_int_equal(json_integer_value(json_object_get(d, "other")), 40 - (RT_M_MAX_STATUS - 1));
+    json_decref(o);
+}
+
 /* Every sample belongs to a family announced with HELP and TYPE before it;
  * counters end in _total; histogram buckets never decrease and end with
  * +Inf equal to _count. */
@@ -500,11 +539,13 @@ int main(void)
         cmocka_unit_test(test_iso_parse_invalid),
         cmocka_unit_test(test_iso_format_roundtrip),
         cmocka_unit_test(test_buckets),
+        cmocka_unit_test(test_sql_time),
         cmocka_unit_test(test_query_get),
         cmocka_unit_test_setup_teardown(test_timeline_400, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrections_400, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deferred_without_database, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counts_from_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_statuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prometheus_structure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_updated, setup, teardown),
     };
