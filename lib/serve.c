@@ -182,9 +182,12 @@ int rt_serve_run(const rt_config_t *cfg)
         .etl = s.etl,
     };
     s.metrics = rt_metrics_new(&mo);
-    if (!s.metrics || rt_fanout_add_handler(s.fanout, "/metrics", rt_metrics_handle, s.metrics) ||
-        rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics)) {
-        rt_error(COMP, "cannot create the metrics aggregator: %s", strerror(errno));
+    int hrc = s.metrics ? rt_fanout_add_handler(s.fanout, "/metrics", rt_metrics_handle, s.metrics)
+                        : -errno;
+    if (hrc == 0)
+        hrc = rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics);
+    if (hrc < 0) {
+        rt_error(COMP, "cannot set up the metrics aggregator: %s", strerror(-hrc));
         status = 1;
         goto out;
     }
