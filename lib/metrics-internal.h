@@ -1,22 +1,29 @@
 /*
  * What the files of the metrics aggregator share: the immutable snapshot the
  * worker publishes (metrics.c), which the HTTP handlers (metrics_api.c) and
- * the Prometheus exposition (metrics_prom.c) read, and the pure helpers the
- * unit tests call (ISO 8601 parsing, bucket arithmetic, query strings).
+ * the Prometheus exposition (metrics_prom.c) read; the worker's own state,
+ * which metrics.c and its database side (metrics_db.c) share; and the pure
+ * helpers the unit tests call (ISO 8601 parsing, bucket arithmetic, query
+ * strings).
  *
  * A snapshot is written once by the worker, then only read, by any thread,
  * until its last reference drops (rt__snap_acquire / rt__snap_release).
+ * struct rt_metrics: the fields under "worker-only state" belong to the
+ * worker thread; the query-thread fields are under qmu; pub.snap is under
+ * pub.snap_mu.
  */
 #ifndef RT_METRICS_INTERNAL_H
 #define RT_METRICS_INTERNAL_H
 
 #include "event.h"
 #include "metrics.h"
+#include "reply.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Per-minute creation buckets kept in memory: 8 days, so that a range that
  * starts within the last 7 days is answered from memory at any granularity
@@ -139,6 +146,122 @@ void rt__metrics_reconcile_now(rt_metrics_t *m);
 char *rt__overview_json(rt_metrics_t *m, const rt_m_snap_t *s);
 /* Prometheus text of everything (malloc'd, *len set). */
 char *rt__prom_render(rt_metrics_t *m, const rt_m_snap_t *s, size_t *len);
+
+/* ---- the worker (metrics.c, metrics_db.c) -------------------------------------- */
+
+#define RT_M_FAILED_MINUTES 60
+#define RT_M_EPS_SECONDS 300
+
+struct pg_conn;
+struct pg_cancel;
+
+typedef struct pend {
+    char id[40];
+    int64_t started_ms; /* 0: free */
+    char btype[RT_M_NAME];
+} pend_t;
+
+/* A deferred timeline query (metrics_api.c renders, the query thread runs). */
+typedef struct tq {
+    struct tq *next;
+    int64_t start, end, gran;
+    rt_reply_done_cb done;
+    void *done_arg;
+} tq_t;
+
+struct rt_metrics {
+    struct rt_metrics_pub pub;
+    rt_bus_sub_t *sub;
+    int wakefd;
+    atomic_int stopping;
+    atomic_int reconcile_now;
+    pthread_t worker;
+    int started;
+    rt_metrics_snapshot_cb snap_cb;
+    void *snap_cb_arg;
+
+    /* ---- worker-only state ---- */
+    struct pg_conn *conn;
+    int64_t total;
+    int nstatus;
+    rt_m_status_t status[RT_M_MAX_STATUS];
+    uint32_t minutes[RT_M_MINUTES];
+    int64_t cur_min;
+    uint32_t failed[RT_M_FAILED_MINUTES];
+    int64_t failed_min;
+    uint32_t eps[RT_M_EPS_SECONDS];
+    int64_t eps_sec;
+    uint64_t events[RT_EV__COUNT];
+    pend_t *pend;
+    int nproc;
+    rt_m_proc_t proc[RT_M_MAX_BTYPES];
+    /* from the last reconciliation */
+    rt_m_snap_t rec;    /* only the correction and processing fields are used */
+    char *vis_snapshot; /* pg_snapshot text while checking visibility, else NULL */
+    uint64_t reconciles, reconcile_failures, skipped_visible, unknown_transitions;
+    uint64_t last_reconcile_ns, last_reconcile_us;
+    int dirty; /* state changed since the last snapshot */
+    rt_m_procinfo_t procinfo;
+    uint64_t procinfo_at; /* monotonic ns of the last sample */
+
+    /* ---- the query thread (timelines older than memory) ---- */
+    pthread_t qthread;
+    int qstarted;
+    pthread_mutex_t qmu;
+    pthread_cond_t qcv;
+    tq_t *qhead, **qtail;
+    int qlen, qstopping;
+    int qwakefd;
+    atomic_int qstop_flag;
+    struct pg_cancel *qcancel; /* under qmu */
+};
+
+/* ---- rings of counts, for the worker ---- */
+
+static inline size_t rt__slot(int64_t i, size_t n)
+{
+    int64_t r = i % (int64_t)n;
+    return (size_t)(r < 0 ? r + (int64_t)n : r);
+}
+
+/* ring[rt__slot(i)] holds index i for i in (*cur - n, *cur]. */
+static inline void rt__ring_advance(uint32_t *ring, size_t n, int64_t *cur, int64_t to)
+{
+    if (to <= *cur) return;
+    if (to - *cur >= (int64_t)n) {
+        memset(ring, 0, n * sizeof *ring);
+    } else {
+        for (int64_t i = *cur + 1; i <= to; i++)
+            ring[rt__slot(i, n)] = 0;
+    }
+    *cur = to;
+}
+
+static inline void rt__ring_add(uint32_t *ring, size_t n, int64_t cur, int64_t i, uint32_t v)
+{
+    if (i > cur || i <= cur - (int64_t)n) return;
+    ring[rt__slot(i, n)] += v;
+}
+
+static inline uint64_t rt__ring_sum(const uint32_t *ring, size_t n, int64_t cur, int64_t k)
+{
+    uint64_t s = 0;
+    if (k > (int64_t)n) k = (int64_t)n;
+    for (int64_t i = cur - k + 1; i <= cur; i++)
+        s += ring[rt__slot(i, n)];
+    return s;
+}
+
+rt_m_status_t *rt__status_slot(rt_metrics_t *m, const char *name);
+void rt__snap_clear_items(rt_m_snap_t *s);
+/* A connection in UTC; NULL after a failure (logged) or a stop. */
+struct pg_conn *rt__metrics_connect(const char *conninfo, const char *appname, int wakefd,
+                                    const atomic_int *stop);
+void rt__metrics_disconnect(rt_metrics_t *m, const char *why);
+/* Replaces the worker's totals with the database's; 0 or -1 (logged). */
+int rt__metrics_reconcile(rt_metrics_t *m);
+/* Marks in skip[] the intent_update events the last reconciliation counted. */
+void rt__metrics_check_visible(rt_metrics_t *m, rt_event_t **evs, size_t n, char *skip);
 
 /* ---- pure helpers (unit-tested) ---------------------------------------------- */
 
