@@ -16,6 +16,7 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -98,6 +99,27 @@ static void on_housekeeping(uv_timer_t *t)
         s->prune_work.data = s;
         uv_queue_work(&s->loop, &s->prune_work, prune_work_cb, prune_after_cb);
     }
+}
+
+/* /health/realtime: whether correction figures are available, and why not. */
+static void metrics_health(void *arg, void *obj)
+{
+    const char *why = rt_metrics_corrections_unavailable(arg);
+    json_t *c = json_pack("{s:b}", "available", why == NULL);
+    if (why) json_object_set_new(c, "reason", json_string(why));
+    json_object_set_new(obj, "corrections", c);
+}
+
+/* /health/realtime: the ETL's state in this instance. */
+static void etl_health(void *arg, void *obj)
+{
+    rt_etl_stats_t *es = rt_etl_stats(arg);
+    json_object_set_new(
+        obj, "etl",
+        json_pack("{s:b, s:b, s:f, s:I}", "connected", atomic_load(&es->connected), "leader",
+                  atomic_load(&es->leader), "lag_seconds",
+                  (double)atomic_load(&es->lag_ms) / 1000.0, "rows_loaded",
+                  (json_int_t)atomic_load(&es->rows_loaded)));
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -186,6 +208,8 @@ int rt_serve_run(const rt_config_t *cfg)
                         : -errno;
     if (hrc == 0)
         hrc = rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics);
+    if (hrc == 0) hrc = rt_fanout_add_health(s.fanout, metrics_health, s.metrics);
+    if (hrc == 0 && s.etl) hrc = rt_fanout_add_health(s.fanout, etl_health, s.etl);
     if (hrc < 0) {
         rt_error(COMP, "cannot set up the metrics aggregator: %s", strerror(-hrc));
         status = 1;
