@@ -178,6 +178,12 @@ static const opt_t opts[] = {
     OPT_STRING("etl-target-url", "RTBRIDGE_ETL_TARGET_URL", etl_target_url, NULL, "URL",
                "ETL: the database holding audit_logs_ts and the ETL cursor (default: "
                "--database-url)"),
+    /* metrics aggregator and dashboard API */
+    OPT_DURATION("metrics-reconcile-interval", "RTBRIDGE_METRICS_RECONCILE_INTERVAL",
+                 metrics_reconcile_interval_ms, 100 * MS, DAY, "30s",
+                 "how often the metrics re-read totals, statuses and buckets from the database"),
+    OPT_DURATION("stats-interval", "RTBRIDGE_STATS_INTERVAL", stats_interval_ms, 100 * MS, HOUR,
+                 "10s", "period of the stats_updated event (the dashboard overview numbers)"),
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])

@@ -57,6 +57,10 @@ typedef struct rt_config {
     int etl_once;                 /* --once (etl command): catch up, print, exit */
     char *etl_source_url;         /* rt_journal's database; NULL: --database-url */
     char *etl_target_url;         /* audit_logs_ts's database; NULL: --database-url */
+
+    /* metrics aggregator and dashboard API */
+    int64_t metrics_reconcile_interval_ms; /* reconcile totals with the database */
+    int64_t stats_interval_ms;             /* period of the stats_updated event */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,

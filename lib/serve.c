@@ -13,8 +13,10 @@
 #include "journal.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -38,6 +40,7 @@ typedef struct serve_ctx {
     rt_listener_t *listener;
     rt_fanout_t *fanout;
     rt_etl_t *etl; /* NULL with --etl=off */
+    rt_metrics_t *metrics;
     int stopping;
 } serve_ctx_t;
 
@@ -98,6 +101,27 @@ static void on_housekeeping(uv_timer_t *t)
         s->prune_work.data = s;
         uv_queue_work(&s->loop, &s->prune_work, prune_work_cb, prune_after_cb);
     }
+}
+
+/* /health/realtime: whether correction figures are available, and why not. */
+static void metrics_health(void *arg, void *obj)
+{
+    const char *why = rt_metrics_corrections_unavailable(arg);
+    json_t *c = json_pack("{s:b}", "available", why == NULL);
+    if (why) json_object_set_new(c, "reason", json_string(why));
+    json_object_set_new(obj, "corrections", c);
+}
+
+/* /health/realtime: the ETL's state in this instance. */
+static void etl_health(void *arg, void *obj)
+{
+    rt_etl_stats_t *es = rt_etl_stats(arg);
+    json_object_set_new(
+        obj, "etl",
+        json_pack("{s:b, s:b, s:f, s:I}", "connected", atomic_load(&es->connected), "leader",
+                  atomic_load(&es->leader), "lag_seconds",
+                  (double)atomic_load(&es->lag_ms) / 1000.0, "rows_loaded",
+                  (json_int_t)atomic_load(&es->rows_loaded)));
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -171,7 +195,30 @@ int rt_serve_run(const rt_config_t *cfg)
             goto out;
         }
     }
+    rt_metrics_opts_t mo = {
+        .conninfo = cfg->database_url,
+        .bus = s.bus,
+        .ring_size = (unsigned)cfg->bus_ring_size,
+        .reconcile_interval_ms = cfg->metrics_reconcile_interval_ms,
+        .stats_interval_ms = cfg->stats_interval_ms,
+        .listener = s.listener,
+        .fanout = s.fanout,
+        .etl = s.etl,
+    };
+    s.metrics = rt_metrics_new(&mo);
+    int hrc = s.metrics ? rt_fanout_add_handler(s.fanout, "/metrics", rt_metrics_handle, s.metrics)
+                        : -errno;
+    if (hrc == 0)
+        hrc = rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics);
+    if (hrc == 0) hrc = rt_fanout_add_health(s.fanout, metrics_health, s.metrics);
+    if (hrc == 0 && s.etl) hrc = rt_fanout_add_health(s.fanout, etl_health, s.etl);
+    if (hrc < 0) {
+        rt_error(COMP, "cannot set up the metrics aggregator: %s", strerror(-hrc));
+        status = 1;
+        goto out;
+    }
     int rc = rt_fanout_start(s.fanout);
+    if (rc == 0) rc = rt_metrics_start(s.metrics);
     if (rc == 0 && s.etl) rc = rt_etl_start(s.etl);
     if (rc == 0) rc = rt_listener_start(s.listener);
     if (rc < 0) {
@@ -186,9 +233,12 @@ int rt_serve_run(const rt_config_t *cfg)
     /* Clients first (close frames, drained writes), then the producer. */
     rt_fanout_shutdown(s.fanout);
 out:
+    /* Answers its deferred requests (503) before the fan-out is freed. */
+    rt_metrics_stop(s.metrics);
     rt_listener_free(s.listener);
     /* After the producer: its ring lives in the bus, freed last. */
     rt_etl_free(s.etl);
+    rt_metrics_free(s.metrics);
     rt_fanout_free(s.fanout);
     rt_bus_free(s.bus);
     if (status != 0) {

@@ -171,6 +171,10 @@ static const opt_case_t cases[] = {
      "postgres://u@src/app", "host=src dbname=app", 0, 0},
     {"--etl-target-url", "RTBRIDGE_ETL_TARGET_URL", K_STR, OFF(etl_target_url),
      "postgres://u@dw/ts", "host=dw dbname=ts", 0, 0},
+    {"--metrics-reconcile-interval", "RTBRIDGE_METRICS_RECONCILE_INTERVAL", K_I64,
+     OFF(metrics_reconcile_interval_ms), "5m", "100ms", 300000, 100},
+    {"--stats-interval", "RTBRIDGE_STATS_INTERVAL", K_I64, OFF(stats_interval_ms), "2s", "1h",
+     2000, 3600000},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -221,6 +225,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.etl_once, 0);
     assert_null(cfg.etl_source_url);
     assert_null(cfg.etl_target_url);
+    assert_int_equal(cfg.metrics_reconcile_interval_ms, 30000);
+    assert_int_equal(cfg.stats_interval_ms, 10000);
     rt_config_free(&cfg);
 }
 
