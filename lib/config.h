@@ -55,6 +55,18 @@ typedef struct rt_config {
     int64_t etl_poll_interval_ms; /* polling/hybrid: period of the journal check */
     int64_t etl_retention_ms;     /* daily partitions older than this are dropped */
     int etl_once;                 /* --once (etl command): catch up, print, exit */
+
+    /* alerts (lib/alerts.h, lib/notify.h); URLs and passwords are secrets */
+    char *alert_rules;                /* --alert-rules PATH; NULL: no evaluator */
+    int64_t alert_query_timeout_ms;   /* statement_timeout of one condition */
+    char *alert_webhook_url;          /* generic webhook channel */
+    char *slack_webhook_url;          /* Slack incoming webhook channel */
+    char *smtp_url;                   /* e-mail channel: smtp://, smtps://, smtp+starttls:// */
+    char *smtp_from;
+    char *smtp_to;                    /* comma-separated */
+    int64_t alert_notify_timeout_ms;  /* per notification attempt */
+    int64_t alert_notify_tries;       /* attempts in all */
+    int64_t alert_notify_backoff_ms;  /* first retry delay, doubling */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,

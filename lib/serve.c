@@ -7,6 +7,7 @@
  */
 #include "serve.h"
 
+#include "alerts.h"
 #include "bus.h"
 #include "etl.h"
 #include "fanout.h"
@@ -38,6 +39,9 @@ typedef struct serve_ctx {
     rt_listener_t *listener;
     rt_fanout_t *fanout;
     rt_etl_t *etl; /* NULL with --etl=off */
+    rt_alerts_t *alerts; /* NULL without --alert-rules */
+    uv_work_t reload_work;
+    int reload_running;
     int stopping;
 } serve_ctx_t;
 
@@ -98,11 +102,34 @@ static void on_housekeeping(uv_timer_t *t)
     }
 }
 
+/* Reloading reads a file and checks SQL on a connection: off the loop. */
+static void reload_work_cb(uv_work_t *w)
+{
+    serve_ctx_t *s = w->data;
+    rt_alerts_reload(s->alerts);
+}
+
+static void reload_after_cb(uv_work_t *w, int status)
+{
+    (void)status;
+    serve_ctx_t *s = w->data;
+    s->reload_running = 0;
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     serve_ctx_t *s = h->data;
     if (signum == SIGHUP) {
-        rt_info(COMP, "SIGHUP: nothing to reload yet");
+        if (!s->alerts) {
+            rt_info(COMP, "SIGHUP: nothing to reload (no --alert-rules)");
+        } else if (s->reload_running) {
+            rt_info(COMP, "SIGHUP: a reload is already running");
+        } else {
+            rt_info(COMP, "SIGHUP: reloading the alert rules");
+            s->reload_running = 1;
+            s->reload_work.data = s;
+            uv_queue_work(&s->loop, &s->reload_work, reload_work_cb, reload_after_cb);
+        }
         return;
     }
     if (s->stopping) return;
@@ -169,8 +196,21 @@ int rt_serve_run(const rt_config_t *cfg)
             goto out;
         }
     }
+    if (cfg->alert_rules) {
+        rt_alerts_opts_t ao;
+        rt_alerts_opts_from_config(&ao, cfg);
+        ao.bus = s.bus;
+        s.alerts = rt_alerts_new(&ao); /* logs every problem of a bad file */
+        if (!s.alerts) {
+            fprintf(stderr, "rtbridge: --alert-rules %s: invalid (see the log above)\n",
+                    cfg->alert_rules);
+            status = 2;
+            goto out;
+        }
+    }
     int rc = rt_fanout_start(s.fanout);
     if (rc == 0 && s.etl) rc = rt_etl_start(s.etl);
+    if (rc == 0 && s.alerts) rc = rt_alerts_start(s.alerts);
     if (rc == 0) rc = rt_listener_start(s.listener);
     if (rc < 0) {
         rt_error(COMP, "cannot start: %s", strerror(-rc));
@@ -185,6 +225,8 @@ int rt_serve_run(const rt_config_t *cfg)
     rt_fanout_shutdown(s.fanout);
 out:
     rt_listener_free(s.listener);
+    /* The evaluator publishes too: stopped before the bus goes. */
+    rt_alerts_free(s.alerts);
     /* After the producer: its ring lives in the bus, freed last. */
     rt_etl_free(s.etl);
     rt_fanout_free(s.fanout);
