@@ -862,8 +862,8 @@ rt_alerts_t *rt_alerts_new(const rt_alerts_opts_t *opts)
     if (!a->o.metric_value) a->env.metric_names = no_metrics;
 
     rt_alert_problems_t probs = {0};
-    a->rules = rt_alerts_load_checked(a->rules_path, a->conninfo, &a->env, &probs);
-    if (!a->rules) {
+    rt_alert_rules_t *rules = rt_alerts_load_checked(a->rules_path, a->conninfo, &a->env, &probs);
+    if (!rules) {
         for (size_t i = 0; i < probs.n; i++)
             rt_error(COMP, "%s", probs.msg[i]);
         if (probs.dropped) rt_error(COMP, "... and %zu more problems", probs.dropped);
@@ -874,7 +874,8 @@ rt_alerts_t *rt_alerts_new(const rt_alerts_opts_t *opts)
         errno = EINVAL;
         return NULL;
     }
-    a->st = carry_states(a, a->rules);
+    a->st = carry_states(a, rules); /* a->rules is NULL: fresh states */
+    a->rules = rules;
     a->writes_tail = &a->writes;
     pthread_mutex_init(&a->mu, NULL);
     uv_loop_init(&a->loop);

@@ -510,6 +510,9 @@ static req_t *req_new(rt_notifier_t *n, const rt_alert_note_t *note, unsigned ch
     } else {
         r->body = channel == RT_CH_SLACK ? rt_notify_slack_body(note) : rt_notify_webhook_body(note);
         r->headers = curl_slist_append(NULL, "Content-Type: application/json");
+        /* No "Expect: 100-continue" round trip (and its 1 s wait) for a body
+         * the receiver will take anyway. */
+        r->headers = curl_slist_append(r->headers, "Expect:");
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
         curl_easy_setopt(e, CURLOPT_USERAGENT, "rtbridge/" RT_VERSION);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
