@@ -95,6 +95,15 @@ static void on_housekeeping(uv_timer_t *t)
                 (uint_fast64_t)atomic_load(&es->bad_payloads),
                 (uint_fast64_t)atomic_load(&es->lag_ms), (int_fast64_t)atomic_load(&es->cursor_seq));
     }
+    if (s->alerts) {
+        rt_alerts_counts_t ac;
+        rt_alerts_counts(s->alerts, &ac);
+        rt_info(COMP,
+                "alerts %s: %" PRIu64 " rules, %" PRIu64 " firing, %" PRIu64 " evaluations (%" PRIu64
+                " failed), %" PRIu64 " notifications",
+                ac.leader ? "leader" : "standby", ac.rules, ac.firing, ac.evaluations, ac.errors,
+                ac.notifications);
+    }
     if (!s->prune_running) {
         s->prune_running = 1;
         s->prune_work.data = s;
