@@ -34,8 +34,8 @@ static int cmd_check(const rt_config_t *cfg, FILE *out, FILE *err)
     rt_alerts_opts_from_config(&o, cfg);
     rt_alert_env_t env = rt_alerts_env(&o);
     rt_alert_problems_t probs = {0};
-    rt_alert_rules_t *rules = rt_alerts_load_checked(cfg->alert_rules, cfg->database_url, &env,
-                                                     &probs);
+    rt_alert_rules_t *rules =
+        rt_alerts_load_checked(cfg->alert_rules, cfg->database_url, &env, 0, &probs);
     if (!rules) {
         rt_alert_problems_print(&probs, "rtbridge: ", err);
         rt_alert_problems_free(&probs);

@@ -90,7 +90,7 @@ typedef struct job {
     item_t *items;
     size_t n;
     write_t *writes;
-    int writes_failed;
+    int writes_done; /* committed: never to be written again */
     int leader;        /* after the job */
     int became_leader; /* took the lock in this job: loaded holds the states */
     int conn_failed;
@@ -107,7 +107,7 @@ struct rt_alerts {
     uv_timer_t timer;
     rt_notifier_t *notifier;
     pthread_t thread;
-    int started;
+    atomic_int started; /* read by rt_alerts_poke from any thread */
     atomic_int stopping;
     atomic_int poke;
 
@@ -126,6 +126,7 @@ struct rt_alerts {
     /* work thread (one job at a time) */
     PGconn *conn;
     int leader_db;
+    unsigned connect_failures; /* in a row; logged on the first and every 60th */
 
     pthread_mutex_t mu;
     rt_alert_rules_t *pending_rules; /* reload waiting for the loop */
@@ -178,7 +179,8 @@ rt_alert_env_t rt_alerts_env(const rt_alerts_opts_t *o)
 }
 
 rt_alert_rules_t *rt_alerts_load_checked(const char *path, const char *conninfo,
-                                         const rt_alert_env_t *env, rt_alert_problems_t *probs)
+                                         const rt_alert_env_t *env, int lenient,
+                                         rt_alert_problems_t *probs)
 {
     rt_alert_rules_t *r = rt_alert_rules_load(path, env, probs);
     if (!r) return NULL;
@@ -190,6 +192,11 @@ rt_alert_rules_t *rt_alerts_load_checked(const char *path, const char *conninfo,
     atomic_int never = 0;
     PGconn *c = rt_pg_connect(conninfo, "rtbridge-alerts-check", -1, &never, CONNECT_TIMEOUT_MS,
                               err, sizeof err);
+    if (!c && lenient) {
+        rt_warn(COMP, "%s: SQL conditions not checked (cannot connect: %s); a bad one will "
+                "show as an evaluation error", path, err);
+        return r;
+    }
     if (!c) {
         char *m = NULL;
         if (asprintf(&m, "%s: cannot check the SQL conditions: cannot connect: %s", path, err) < 0)
@@ -396,10 +403,13 @@ static void work_cb(uv_work_t *w)
         a->conn = rt_pg_connect(a->conninfo, "rtbridge-alerts", -1, &a->stopping,
                                 CONNECT_TIMEOUT_MS, err, sizeof err);
         if (!a->conn) {
-            if (!atomic_load(&a->stopping)) rt_warn(COMP, "cannot connect: %s", err);
+            if (!atomic_load(&a->stopping) && a->connect_failures++ % 60 == 0)
+                rt_warn(COMP, "cannot connect (attempt %u; retrying): %s", a->connect_failures, err);
             j->conn_failed = 1;
             return;
         }
+        if (a->connect_failures) rt_info(COMP, "connected after %u failed attempts", a->connect_failures);
+        a->connect_failures = 0;
         PGcancel *cancel = PQgetCancel(a->conn);
         pthread_mutex_lock(&a->mu);
         a->cancel = cancel;
@@ -419,7 +429,7 @@ static void work_cb(uv_work_t *w)
     }
     /* Writes first: after a lost and regained session, what this instance
      * decided meanwhile is newer than what the table holds. */
-    if (flush_writes(a, j->writes) != 0) j->writes_failed = 1;
+    j->writes_done = flush_writes(a, j->writes) == 0;
     if (conn_lost(a)) {
         j->conn_failed = 1;
         j->became_leader = 0;
@@ -688,7 +698,7 @@ static void after_work_cb(uv_work_t *w, int status)
     rt_alerts_t *a = j->a;
     a->job = NULL;
 
-    if (j->writes_failed || (j->writes && !j->leader)) {
+    if (j->writes && !j->writes_done) {
         /* Put them back in front, to be written by the next job. */
         write_t *last = j->writes;
         size_t n = 1;
@@ -862,7 +872,8 @@ rt_alerts_t *rt_alerts_new(const rt_alerts_opts_t *opts)
     if (!a->o.metric_value) a->env.metric_names = no_metrics;
 
     rt_alert_problems_t probs = {0};
-    rt_alert_rules_t *rules = rt_alerts_load_checked(a->rules_path, a->conninfo, &a->env, &probs);
+    rt_alert_rules_t *rules =
+        rt_alerts_load_checked(a->rules_path, a->conninfo, &a->env, 1, &probs);
     if (!rules) {
         for (size_t i = 0; i < probs.n; i++)
             rt_error(COMP, "%s", probs.msg[i]);
@@ -931,7 +942,7 @@ void rt_alerts_free(rt_alerts_t *a)
 int rt_alerts_reload(rt_alerts_t *a)
 {
     rt_alert_problems_t probs = {0};
-    rt_alert_rules_t *r = rt_alerts_load_checked(a->rules_path, a->conninfo, &a->env, &probs);
+    rt_alert_rules_t *r = rt_alerts_load_checked(a->rules_path, a->conninfo, &a->env, 1, &probs);
     if (!r) {
         rt_error(COMP, "reload: keeping the current rules; %s is invalid:", a->rules_path);
         for (size_t i = 0; i < probs.n; i++)

@@ -68,9 +68,13 @@ void rt_alerts_opts_from_config(rt_alerts_opts_t *o, const rt_config_t *cfg);
 rt_alert_env_t rt_alerts_env(const rt_alerts_opts_t *o);
 
 /* Loads path and checks its SQL on a fresh connection to conninfo (blocks).
- * Returns the rules, or NULL with every problem in probs. */
+ * Returns the rules, or NULL with every problem in probs. When the database
+ * cannot be reached, lenient != 0 accepts the rules with their SQL unchecked
+ * (logged; a bad query then shows as an evaluation error), lenient == 0
+ * fails. */
 rt_alert_rules_t *rt_alerts_load_checked(const char *path, const char *conninfo,
-                                         const rt_alert_env_t *env, rt_alert_problems_t *probs);
+                                         const rt_alert_env_t *env, int lenient,
+                                         rt_alert_problems_t *probs);
 
 /* Runs one SQL condition on conn in a read-only transaction with the given
  * statement timeout. Returns 0 with *value (NAN for SQL NULL or no row), or
@@ -79,7 +83,8 @@ int rt_alerts_eval_sql(PGconn *conn, const char *sql, int64_t timeout_ms, double
                        size_t errlen);
 
 /* Loads and checks the rules file (problems are logged, one line each).
- * Returns NULL if it is invalid or cannot be checked. */
+ * Returns NULL with errno EINVAL if it is invalid. A database that cannot be
+ * reached does not stop it (the SQL is then checked by running it). */
 rt_alerts_t *rt_alerts_new(const rt_alerts_opts_t *opts);
 int rt_alerts_start(rt_alerts_t *a);
 /* Stops the thread (a query in flight is cancelled; notifications in flight

@@ -190,7 +190,7 @@ static void expect_problem(fx_t *f, const char *json, const char *want)
     o.notify.slack_url = NULL;
     rt_alert_env_t env = rt_alerts_env(&o);
     rt_alert_problems_t p = {0};
-    rt_alert_rules_t *r = rt_alerts_load_checked(f->path, f->url, &env, &p);
+    rt_alert_rules_t *r = rt_alerts_load_checked(f->path, f->url, &env, 0, &p);
     if (r) fail_msg("accepted: %s", json);
     int found = 0;
     for (size_t i = 0; i < p.n; i++)
@@ -257,7 +257,7 @@ static void test_invalid_files(void **state)
     rt_alerts_opts_t o = opts(&f);
     rt_alert_env_t env = rt_alerts_env(&o);
     rt_alert_problems_t p = {0};
-    assert_null(rt_alerts_load_checked(f.path, f.url, &env, &p));
+    assert_null(rt_alerts_load_checked(f.path, f.url, &env, 0, &p));
     if (p.n < 5) {
         rt_alert_problems_print(&p, "  ", stderr);
         fail_msg("want >= 5 problems, got %zu", p.n);
@@ -266,7 +266,7 @@ static void test_invalid_files(void **state)
 
     /* Missing file. */
     unlink(f.path);
-    assert_null(rt_alerts_load_checked(f.path, f.url, &env, &p));
+    assert_null(rt_alerts_load_checked(f.path, f.url, &env, 0, &p));
     assert_non_null(strstr(p.msg[0], "cannot open"));
     rt_alert_problems_free(&p);
 
@@ -484,6 +484,56 @@ static void test_hanging_receiver(void **state)
     fx_close(&f);
 }
 
+/* Stopping with a notification in flight abandons it at once. */
+static void test_stop_with_request_in_flight(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "alerts_stop");
+    write_rules(&f, "{\"rules\":[{\"name\":\"hang_rule\",\"severity\":\"warning\",\"condition\":"
+                    "{\"metric\":\"m1\"},\"threshold\":10,\"interval\":\"100ms\",\"channels\":"
+                    "[\"webhook\"]}]}");
+    sink_hang(f.http, "hang_rule");
+    rt_alerts_opts_t o = opts(&f);
+    o.notify.timeout_ms = 30000;
+    rt_alerts_t *a = start(&o);
+    set_metric(&metric_m1, 11);
+    rt_alerts_poke(a);
+    assert_int_equal(sink_wait(f.http, "hang_rule", 1, 3000), 1);
+    uint64_t t0 = now_ms();
+    rt_alerts_free(a);
+    uint64_t took = now_ms() - t0;
+    if (took > 1000) fail_msg("stop took %llu ms", (unsigned long long)took);
+    fx_close(&f);
+}
+
+/* An unreachable database: serve (lenient) starts with the SQL unchecked and
+ * keeps retrying; alerts check (strict) refuses. Stop stays prompt. */
+static void test_unreachable_database(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "alerts_unreach");
+    write_rules(&f, "{\"rules\":[{\"name\":\"q\",\"severity\":\"info\",\"condition\":{\"sql\":"
+                    "\"SELECT 1\"},\"threshold\":0,\"interval\":\"100ms\"}]}");
+    rt_alerts_opts_t o = opts(&f);
+    o.conninfo = "postgresql://postgres@127.0.0.1:1/nowhere";
+    rt_alert_env_t env = rt_alerts_env(&o);
+    rt_alert_problems_t p = {0};
+    assert_null(rt_alerts_load_checked(f.path, o.conninfo, &env, 0, &p));
+    assert_int_equal(p.n, 1);
+    assert_non_null(strstr(p.msg[0], "cannot check the SQL conditions: cannot connect"));
+    rt_alert_problems_free(&p);
+    rt_alerts_t *a = start(&o);
+    usleep(300000); /* a few failed connection attempts (100 ms apart) */
+    assert_int_equal(counts(a).leader, 0);
+    assert_int_equal(counts(a).evaluations, 0);
+    uint64_t t0 = now_ms();
+    rt_alerts_free(a);
+    if (now_ms() - t0 > 1000) fail_msg("stop took %llu ms", (unsigned long long)(now_ms() - t0));
+    fx_close(&f);
+}
+
 /* ---- SQL errors, timeouts ------------------------------------------------------------- */
 
 static void test_sql_errors_do_not_stall(void **state)
@@ -687,6 +737,8 @@ int main(void)
         cmocka_unit_test(test_for_delays_firing),
         cmocka_unit_test(test_retry_after_500),
         cmocka_unit_test(test_hanging_receiver),
+        cmocka_unit_test(test_stop_with_request_in_flight),
+        cmocka_unit_test(test_unreachable_database),
         cmocka_unit_test(test_sql_errors_do_not_stall),
         cmocka_unit_test(test_restart_while_firing),
         cmocka_unit_test(test_one_leader),
