@@ -966,6 +966,11 @@ void rt_alerts_poke(rt_alerts_t *a)
     uv_async_send(&a->async);
 }
 
+void rt_alerts_poke_cb(void *arg)
+{
+    rt_alerts_poke(arg);
+}
+
 void rt_alerts_counts(rt_alerts_t *a, rt_alerts_counts_t *out)
 {
     memset(out, 0, sizeof *out);

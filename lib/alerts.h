@@ -98,8 +98,12 @@ void rt_alerts_free(rt_alerts_t *a);
  * Blocks (file, database): not on a loop thread. */
 int rt_alerts_reload(rt_alerts_t *a);
 
-/* Makes metric rules re-evaluate promptly. Any thread; never blocks. */
+/* Makes metric rules re-evaluate promptly. Any thread; never blocks; does
+ * nothing before rt_alerts_start. */
 void rt_alerts_poke(rt_alerts_t *a);
+/* The same with the shape of a snapshot callback (rt_metrics_on_snapshot):
+ * arg is the rt_alerts_t. */
+void rt_alerts_poke_cb(void *arg);
 
 /* Prometheus families: rule states, evaluations, errors, notifications and
  * failures per channel, leadership. Any thread. arg is the rt_alerts_t. */

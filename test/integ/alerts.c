@@ -366,6 +366,30 @@ static void test_fire_cooldown_resolve(void **state)
     fx_close(&f);
 }
 
+/* A metric rule with a one-minute interval fires within a second of a poke
+ * (the metrics aggregator pokes after each snapshot). */
+static void test_poke_fires_promptly(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "alerts_poke");
+    write_rules(&f, "{\"rules\":[{\"name\":\"spike\",\"severity\":\"error\",\"condition\":"
+                    "{\"metric\":\"m1\"},\"threshold\":100,\"interval\":\"1m\",\"channels\":"
+                    "[\"webhook\"]}]}");
+    rt_alerts_opts_t o = opts(&f);
+    rt_alerts_t *a = start(&o);
+    WAIT_FOR(counts(a).evaluations >= 1, 5000); /* the first evaluation, on taking the lead */
+    assert_int_equal(counts(a).evaluations, 1);
+    set_metric(&metric_m1, 500);
+    uint64_t t0 = now_ms();
+    rt_alerts_poke_cb(a);
+    assert_int_equal(sink_wait(f.http, "spike", 1, 5000), 1);
+    uint64_t took = now_ms() - t0;
+    if (took > 1000) fail_msg("fired %llu ms after the poke", (unsigned long long)took);
+    rt_alerts_free(a);
+    fx_close(&f);
+}
+
 /* ---- for ---------------------------------------------------------------------------------- */
 
 static void test_for_delays_firing(void **state)
@@ -734,6 +758,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invalid_files),
         cmocka_unit_test(test_fire_cooldown_resolve),
+        cmocka_unit_test(test_poke_fires_promptly),
         cmocka_unit_test(test_for_delays_firing),
         cmocka_unit_test(test_retry_after_500),
         cmocka_unit_test(test_hanging_receiver),
