@@ -120,6 +120,7 @@ struct rt_alerts {
     uint64_t next_db_ms;     /* monotonic: earliest next job when idle/standby */
     write_t *writes, **writes_tail;
     size_t nwrites;
+    uint64_t writes_dropped;
     atomic_uint_fast64_t notifications; /* notify() calls: read by counts */
     atomic_int leader_pub;              /* a->leader, for other threads */
 
@@ -127,6 +128,7 @@ struct rt_alerts {
     PGconn *conn;
     int leader_db;
     unsigned connect_failures; /* in a row; logged on the first and every 60th */
+    int writes_failing;        /* logged when it starts and when it ends */
 
     pthread_mutex_t mu;
     rt_alert_rules_t *pending_rules; /* reload waiting for the loop */
@@ -387,10 +389,14 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
     if (!ok) {
         char m[256];
         snprintf(m, sizeof m, "%s", PQerrorMessage(a->conn));
-        rt_warn(COMP, "cannot record alert history (will retry): %s", rt_pg_oneline(m));
+        if (!a->writes_failing++)
+            rt_warn(COMP, "cannot record alert history (has `rtbridge migrate` run?); retrying: %s",
+                    rt_pg_oneline(m));
         PQclear(PQexec(a->conn, "ROLLBACK"));
         return -1;
     }
+    if (a->writes_failing) rt_info(COMP, "alert history recorded again");
+    a->writes_failing = 0;
     return 0;
 }
 
@@ -410,6 +416,10 @@ static void work_cb(uv_work_t *w)
         }
         if (a->connect_failures) rt_info(COMP, "connected after %u failed attempts", a->connect_failures);
         a->connect_failures = 0;
+        /* Bounds the bookkeeping statements too; conditions set their own. */
+        char set[64];
+        snprintf(set, sizeof set, "SET statement_timeout = %lld", (long long)a->o.query_timeout_ms);
+        PQclear(PQexec(a->conn, set));
         PGcancel *cancel = PQgetCancel(a->conn);
         pthread_mutex_lock(&a->mu);
         a->cancel = cancel;
@@ -461,7 +471,8 @@ static void queue_write(rt_alerts_t *a, const rt_alert_rule_t *r, const rstate_t
                         const char *event, int notified, const char *message)
 {
     if (a->nwrites >= MAX_WRITES) {
-        rt_warn(COMP, "history backlog full: dropping a record of rule %s", r->name);
+        if (!a->writes_dropped++)
+            rt_warn(COMP, "history backlog full (%d records): dropping new ones", MAX_WRITES);
         return;
     }
     write_t *w = calloc(1, sizeof *w);
@@ -748,7 +759,10 @@ static void after_work_cb(uv_work_t *w, int status)
 /* Starts a database job if one is due and none is running. */
 static void kick(rt_alerts_t *a)
 {
-    if (a->job || a->closing) return;
+    if (a->job || a->closing) {
+        schedule(a); /* metric rules still need their timer */
+        return;
+    }
     uint64_t now = mono_ms();
     if (!a->leader && now < a->next_db_ms) {
         schedule(a);
@@ -844,6 +858,15 @@ static void *thread_main(void *arg)
     rt_log_thread_name("alerts");
     kick(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
+    /* The loop has ended: nothing else touches the connection or the queue.
+     * What was decided last (a resolution just before SIGTERM) is recorded
+     * before the session, and with it the lead, goes. */
+    if (a->conn && a->leader_db && a->writes && flush_writes(a, a->writes) == 0) {
+        free_writes(a->writes);
+        a->writes = NULL;
+        a->writes_tail = &a->writes;
+        a->nwrites = 0;
+    }
     if (a->conn) PQfinish(a->conn);
     a->conn = NULL;
     return NULL;
