@@ -55,8 +55,7 @@ static int cmd_check(const rt_config_t *cfg, FILE *out, FILE *err)
         snprintf(th, sizeof th, "%s %g", rt_alert_op_name(r->op), r->threshold);
         if (r->metric) {
             snprintf(val, sizeof val, "n/a");
-            snprintf(verdict, sizeof verdict, "n/a (metric %s: needs a running server)",
-                     r->metric);
+            snprintf(verdict, sizeof verdict, "n/a (metric %s: needs a running server)", r->metric);
         } else {
             double v;
             char e[256];
@@ -74,8 +73,8 @@ static int cmd_check(const rt_config_t *cfg, FILE *out, FILE *err)
                 if (fire) status = 1;
             }
         }
-        fprintf(out, "%-28s %-9s %14s %-16s %s\n", r->name, rt_alert_sev_name(r->severity), val,
-                th, verdict);
+        fprintf(out, "%-28s %-9s %14s %-16s %s\n", r->name, rt_alert_sev_name(r->severity), val, th,
+                verdict);
     }
     PQfinish(c);
     rt_alert_rules_free(rules);
@@ -98,7 +97,8 @@ static int print_query(PGconn *c, const char *sql, const char *title, const char
     for (int i = 0; i < PQntuples(r); i++) {
         fputs("  ", out);
         for (int k = 0; k < PQnfields(r); k++)
-            fprintf(out, k == 0 ? "%-28s" : " %-20s", PQgetisnull(r, i, k) ? "-" : PQgetvalue(r, i, k));
+            fprintf(out, k == 0 ? "%-28s" : " %-20s",
+                    PQgetisnull(r, i, k) ? "-" : PQgetvalue(r, i, k));
         fputs("\n", out);
     }
     PQclear(r);

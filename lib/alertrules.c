@@ -45,12 +45,18 @@ const char *rt_alert_channel_name(unsigned ch)
 int rt_alert_compare(rt_alert_op_t op, double v, double t)
 {
     switch (op) {
-    case RT_OP_GT: return v > t;
-    case RT_OP_GE: return v >= t;
-    case RT_OP_LT: return v < t;
-    case RT_OP_LE: return v <= t;
-    case RT_OP_EQ: return v == t;
-    case RT_OP_NE: return v != t;
+    case RT_OP_GT:
+        return v > t;
+    case RT_OP_GE:
+        return v >= t;
+    case RT_OP_LT:
+        return v < t;
+    case RT_OP_LE:
+        return v <= t;
+    case RT_OP_EQ:
+        return v == t;
+    case RT_OP_NE:
+        return v != t;
     }
     return 0;
 }
@@ -104,7 +110,7 @@ typedef struct {
     do {                                                                                           \
         char m_[512];                                                                              \
         snprintf(m_, sizeof m_, __VA_ARGS__);                                                      \
-        add_problem((c)->probs, "%s: %s: field '%s': %s", (c)->origin, (c)->who, field, m_);      \
+        add_problem((c)->probs, "%s: %s: field '%s': %s", (c)->origin, (c)->who, field, m_);       \
         (c)->bad = 1;                                                                              \
     } while (0)
 
@@ -138,8 +144,7 @@ static int valid_name(const char *s)
 }
 
 /* A duration: a number of seconds, or a string with a unit. */
-static int duration(ctx_t *c, json_t *v, const char *field, int64_t min, int64_t dflt,
-                    int64_t *out)
+static int duration(ctx_t *c, json_t *v, const char *field, int64_t min, int64_t dflt, int64_t *out)
 {
     *out = dflt;
     if (!v) return 0;
@@ -221,7 +226,7 @@ static void parse_condition(ctx_t *c, json_t *v, const rt_alert_env_t *env, rt_a
 static void parse_channels(ctx_t *c, json_t *v, const rt_alert_env_t *env, rt_alert_rule_t *r)
 {
     static const char *const need[] = {"", "--alert-webhook-url", "--slack-webhook-url",
-                                        "--smtp-url, --smtp-from and --smtp-to"};
+                                       "--smtp-url, --smtp-from and --smtp-to"};
     r->channels = RT_CH_LOG;
     if (!v) return;
     if (!json_is_array(v)) {
@@ -312,8 +317,7 @@ static void parse_rule(ctx_t *c, json_t *o, size_t idx, const rt_alert_env_t *en
     }
 
     json_t *d = json_object_get(o, "description");
-    if (d && !json_is_string(d))
-        PROBLEM(c, "description", "expected a string");
+    if (d && !json_is_string(d)) PROBLEM(c, "description", "expected a string");
     r->description = xstrdup(json_is_string(d) ? json_string_value(d) : "");
 
     json_t *sev = json_object_get(o, "severity");
@@ -370,8 +374,7 @@ rt_alert_rules_t *rt_alert_rules_parse(const char *json, size_t len, const char 
     json_error_t jerr;
     json_t *doc = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!doc) {
-        add_problem(probs, "%s: line %d, column %d: %s", origin, jerr.line, jerr.column,
-                    jerr.text);
+        add_problem(probs, "%s: line %d, column %d: %s", origin, jerr.line, jerr.column, jerr.text);
         return NULL;
     }
     json_t *list = doc;

@@ -90,7 +90,7 @@ typedef struct job {
     item_t *items;
     size_t n;
     write_t *writes;
-    int writes_done; /* committed: never to be written again */
+    int writes_done;   /* committed: never to be written again */
     int leader;        /* after the job */
     int became_leader; /* took the lock in this job: loaded holds the states */
     int conn_failed;
@@ -115,9 +115,9 @@ struct rt_alerts {
     rt_alert_rules_t *rules; /* replaced under mu */
     rstate_t *st;            /* replaced under mu */
     int leader;
-    job_t *job;              /* in flight */
+    job_t *job; /* in flight */
     int closing;
-    uint64_t next_db_ms;     /* monotonic: earliest next job when idle/standby */
+    uint64_t next_db_ms; /* monotonic: earliest next job when idle/standby */
     write_t *writes, **writes_tail;
     size_t nwrites;
     uint64_t writes_dropped;
@@ -195,8 +195,10 @@ rt_alert_rules_t *rt_alerts_load_checked(const char *path, const char *conninfo,
     PGconn *c = rt_pg_connect(conninfo, "rtbridge-alerts-check", -1, &never, CONNECT_TIMEOUT_MS,
                               err, sizeof err);
     if (!c && lenient) {
-        rt_warn(COMP, "%s: SQL conditions not checked (cannot connect: %s); a bad one will "
-                "show as an evaluation error", path, err);
+        rt_warn(COMP,
+                "%s: SQL conditions not checked (cannot connect: %s); a bad one will "
+                "show as an evaluation error",
+                path, err);
         return r;
     }
     if (!c) {
@@ -309,11 +311,10 @@ static st_t st_from(const char *s)
 
 static void load_states(rt_alerts_t *a, job_t *j)
 {
-    PGresult *r = PQexec(a->conn,
-                         "SELECT rule, state, value,"
-                         " (extract(epoch FROM since) * 1000)::bigint,"
-                         " (extract(epoch FROM last_notified) * 1000)::bigint"
-                         " FROM rt_alert_state");
+    PGresult *r = PQexec(a->conn, "SELECT rule, state, value,"
+                                  " (extract(epoch FROM since) * 1000)::bigint,"
+                                  " (extract(epoch FROM last_notified) * 1000)::bigint"
+                                  " FROM rt_alert_state");
     if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
         char m[256];
         snprintf(m, sizeof m, "%s", PQerrorMessage(a->conn));
@@ -357,8 +358,10 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
         snprintf(since, sizeof since, "%lld", (long long)w->since_ms);
         snprintf(last, sizeof last, "%lld", (long long)w->last_notified_ms);
         if (w->event) {
-            const char *p[7] = {w->rule,    w->event, w->severity,          val[0] ? val : NULL,
-                                th[0] ? th : NULL, w->notified ? "t" : "f", w->message};
+            const char *p[7] = {w->rule,           w->event,
+                                w->severity,       val[0] ? val : NULL,
+                                th[0] ? th : NULL, w->notified ? "t" : "f",
+                                w->message};
             r = PQexecParams(a->conn,
                              "INSERT INTO rt_alert_events (rule, state, severity, value, threshold,"
                              " notified, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -367,8 +370,8 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
             PQclear(r);
             if (!ok) break;
         }
-        const char *p[6] = {w->rule, w->state, val[0] ? val : NULL, th[0] ? th : NULL, since,
-                            w->last_notified_ms ? last : NULL};
+        const char *p[6] = {w->rule,           w->state, val[0] ? val : NULL,
+                            th[0] ? th : NULL, since,    w->last_notified_ms ? last : NULL};
         r = PQexecParams(
             a->conn,
             "INSERT INTO rt_alert_state (rule, state, value, threshold, since, last_notified,"
@@ -410,11 +413,13 @@ static void work_cb(uv_work_t *w)
                                 CONNECT_TIMEOUT_MS, err, sizeof err);
         if (!a->conn) {
             if (!atomic_load(&a->stopping) && a->connect_failures++ % 60 == 0)
-                rt_warn(COMP, "cannot connect (attempt %u; retrying): %s", a->connect_failures, err);
+                rt_warn(COMP, "cannot connect (attempt %u; retrying): %s", a->connect_failures,
+                        err);
             j->conn_failed = 1;
             return;
         }
-        if (a->connect_failures) rt_info(COMP, "connected after %u failed attempts", a->connect_failures);
+        if (a->connect_failures)
+            rt_info(COMP, "connected after %u failed attempts", a->connect_failures);
         a->connect_failures = 0;
         /* Bounds the bookkeeping statements too; conditions set their own. */
         char set[64];
@@ -746,8 +751,8 @@ static void after_work_cb(uv_work_t *w, int status)
         free(it->sql);
     }
     free(j->items);
-    uint64_t retry = a->leader ? 0 : (uint64_t)(j->conn_failed ? a->o.reconnect_ms
-                                                                : a->o.leader_retry_ms);
+    uint64_t retry =
+        a->leader ? 0 : (uint64_t)(j->conn_failed ? a->o.reconnect_ms : a->o.leader_retry_ms);
     a->next_db_ms = mono_ms() + retry;
     free(j);
     if (a->closing) return;
@@ -1007,7 +1012,7 @@ void rt_alerts_counts(rt_alerts_t *a, rt_alerts_counts_t *out)
     pthread_mutex_unlock(&a->mu);
     rt_notify_stats_t *ns = rt_notifier_stats(a->notifier);
     for (int c = 0; c < RT_CH_COUNT; c++)
-            out->delivered += atomic_load(&ns->sent[c]);
+        out->delivered += atomic_load(&ns->sent[c]);
     out->notifications = atomic_load(&a->notifications);
     out->leader = (uint64_t)atomic_load(&a->leader_pub);
 }

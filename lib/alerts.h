@@ -46,9 +46,9 @@ typedef int (*rt_alert_metric_fn)(void *arg, const char *name, double *out);
 typedef struct rt_alerts_opts {
     const char *conninfo;
     const char *rules_path;
-    int64_t query_timeout_ms;  /* statement_timeout of a condition; 0 = 5 s */
-    int64_t leader_retry_ms;   /* how often a standby tries the lock; 0 = 1 s */
-    int64_t reconnect_ms;      /* wait after a connection failure; 0 = 1 s */
+    int64_t query_timeout_ms; /* statement_timeout of a condition; 0 = 5 s */
+    int64_t leader_retry_ms;  /* how often a standby tries the lock; 0 = 1 s */
+    int64_t reconnect_ms;     /* wait after a connection failure; 0 = 1 s */
     rt_notify_opts_t notify;
     rt_bus_t *bus; /* alert_* events go here; may be NULL */
     /* Metric rules: value lookup (0 and *out, or -1 when unknown/unavailable)

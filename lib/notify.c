@@ -45,8 +45,8 @@ typedef struct req {
     size_t body_len, read_off;
     struct curl_slist *headers;
     struct curl_slist *rcpt;
-    int attempt;   /* attempts started */
-    int in_multi;  /* added to the multi handle */
+    int attempt;  /* attempts started */
+    int in_multi; /* added to the multi handle */
     uv_timer_t retry;
     char errbuf[CURL_ERROR_SIZE];
     struct req *next, *prev;
@@ -86,8 +86,7 @@ unsigned rt_notify_configured(const rt_notify_opts_t *o)
     unsigned m = RT_CH_LOG;
     if (o->webhook_url && *o->webhook_url) m |= RT_CH_WEBHOOK;
     if (o->slack_url && *o->slack_url) m |= RT_CH_SLACK;
-    if (o->smtp_url && *o->smtp_url && o->smtp_from && *o->smtp_from && o->smtp_to &&
-        *o->smtp_to)
+    if (o->smtp_url && *o->smtp_url && o->smtp_from && *o->smtp_from && o->smtp_to && *o->smtp_to)
         m |= RT_CH_EMAIL;
     return m;
 }
@@ -117,9 +116,9 @@ char *rt_notify_message(const rt_alert_note_t *note)
     else
         snprintf(val, sizeof val, "%.2f", note->value);
     char *s = NULL;
-    if (asprintf(&s, "[%s] %s\n%s\nCurrent value: %s (threshold: %s %g)\nTime: %s", tag,
-                 note->rule, note->description ? note->description : "", val,
-                 rt_alert_op_name(note->op), note->threshold, ts) < 0)
+    if (asprintf(&s, "[%s] %s\n%s\nCurrent value: %s (threshold: %s %g)\nTime: %s", tag, note->rule,
+                 note->description ? note->description : "", val, rt_alert_op_name(note->op),
+                 note->threshold, ts) < 0)
         abort();
     return s;
 }
@@ -206,8 +205,8 @@ char *rt_notify_email_body(const rt_alert_note_t *note, const char *from, const 
     static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    snprintf(date, sizeof date, "%s, %02d %s %04d %02d:%02d:%02d +0000", wd[tm.tm_wday],
-             tm.tm_mday, mo[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    snprintf(date, sizeof date, "%s, %02d %s %04d %02d:%02d:%02d +0000", wd[tm.tm_wday], tm.tm_mday,
+             mo[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
     upper(tag, sizeof tag, is_resolved(note) ? "resolved" : rt_alert_sev_name(note->severity));
     char *msg = rt_notify_message(note), *head = NULL;
     if (asprintf(&head,
@@ -316,7 +315,8 @@ static void finished(req_t *r, CURLcode res)
         int64_t delay = n->o.backoff_ms;
         for (int i = 1; i < r->attempt; i++)
             delay *= 2;
-        rt_warn(COMP, "%s notification for rule %s failed (attempt %d of %d: %s); retrying in %lld ms",
+        rt_warn(COMP,
+                "%s notification for rule %s failed (attempt %d of %d: %s); retrying in %lld ms",
                 rt_alert_channel_name(r->channel), r->rule, r->attempt, n->o.tries, why,
                 (long long)delay);
         atomic_fetch_add(&n->stats.retries[r->ch_idx], 1);
@@ -508,7 +508,8 @@ static req_t *req_new(rt_notifier_t *n, const rt_alert_note_t *note, unsigned ch
         curl_easy_setopt(e, CURLOPT_READDATA, r);
         if (n->starttls) curl_easy_setopt(e, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
     } else {
-        r->body = channel == RT_CH_SLACK ? rt_notify_slack_body(note) : rt_notify_webhook_body(note);
+        r->body =
+            channel == RT_CH_SLACK ? rt_notify_slack_body(note) : rt_notify_webhook_body(note);
         r->headers = curl_slist_append(NULL, "Content-Type: application/json");
         /* No "Expect: 100-continue" round trip (and its 1 s wait) for a body
          * the receiver will take anyway. */

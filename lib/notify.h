@@ -49,7 +49,7 @@ typedef struct rt_alert_note {
     rt_alert_op_t op;
     double value; /* NAN: no value */
     double threshold;
-    uint64_t at_ns; /* CLOCK_REALTIME */
+    uint64_t at_ns;          /* CLOCK_REALTIME */
     const char *labels_json; /* JSON object or NULL */
 } rt_alert_note_t;
 

@@ -93,8 +93,9 @@ static void fx_open(fx_t *f, const char *prefix)
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/rules.json", f->dir);
     f->bus = rt_bus_new();
-    f->sub = rt_bus_subscribe(f->bus, "test", 1024,
-                              (1u << RT_EV_ALERT_FIRING) | (1u << RT_EV_ALERT_RESOLVED), NULL, NULL);
+    f->sub =
+        rt_bus_subscribe(f->bus, "test", 1024,
+                         (1u << RT_EV_ALERT_FIRING) | (1u << RT_EV_ALERT_RESOLVED), NULL, NULL);
     assert_non_null(f->sub);
     set_metric(&metric_m1, 0);
     set_metric(&metric_m2, 0);
@@ -356,8 +357,7 @@ static void test_fire_cooldown_resolve(void **state)
     /* History: firing, reminder, resolved; state row resolved. */
     WAIT_FOR(db_ll(&f, "SELECT count(*) FROM rt_alert_events WHERE notified") == 3, 3000);
     assert_int_equal(db_ll(&f, "SELECT count(*) FROM rt_alert_events WHERE notified"), 3);
-    assert_int_equal(db_ll(&f, "SELECT count(*) FROM rt_alert_events WHERE state = 'resolved'"),
-                     1);
+    assert_int_equal(db_ll(&f, "SELECT count(*) FROM rt_alert_events WHERE state = 'resolved'"), 1);
     WAIT_FOR(db_ll(&f, "SELECT count(*) FROM rt_alert_state WHERE state = 'resolved'") == 1, 3000);
     assert_int_equal(db_ll(&f, "SELECT count(*) FROM rt_alert_state WHERE rule = 'cool' AND "
                                "state = 'resolved'"),
@@ -461,7 +461,8 @@ static void test_retry_after_500(void **state)
         if (!strstr(e, h) || !strstr(e, t)) fail_msg("no HELP/TYPE for %s:\n%s", fams[i], e);
     }
     assert_non_null(strstr(
-        e, "rtbridge_alert_rule_state{rule=\"retry_rule\",severity=\"warning\",state=\"firing\"} 1"));
+        e,
+        "rtbridge_alert_rule_state{rule=\"retry_rule\",severity=\"warning\",state=\"firing\"} 1"));
     assert_non_null(strstr(e, "rtbridge_alert_leader 1"));
     free(e);
     rt_alerts_free(a);
@@ -500,8 +501,9 @@ static void test_hanging_receiver(void **state)
     free(sink_item(f.http, "hang_rule", 0, &st));
     assert_int_equal(st, 0); /* still unanswered */
     /* The hung request times out and is counted as a failure. */
-    WAIT_FOR(exposition_has(a, "rtbridge_alert_notification_failures_total{channel=\"webhook\"} 1\n"),
-             4000);
+    WAIT_FOR(
+        exposition_has(a, "rtbridge_alert_notification_failures_total{channel=\"webhook\"} 1\n"),
+        4000);
     assert_true(
         exposition_has(a, "rtbridge_alert_notification_failures_total{channel=\"webhook\"} 1\n"));
     rt_alerts_free(a);
@@ -690,7 +692,8 @@ static void test_slack_and_email(void **state)
     assert_non_null(strstr(json_string_value(json_object_get(att, "title")), "mail_rule"));
     assert_string_equal(json_string_value(json_object_get(att, "footer")),
                         "Bridge Lite Alert System");
-    assert_non_null(strstr(json_string_value(json_object_get(att, "text")), "[CRITICAL] mail_rule"));
+    assert_non_null(
+        strstr(json_string_value(json_object_get(att, "text")), "[CRITICAL] mail_rule"));
     assert_true(json_is_integer(json_object_get(att, "ts")));
     json_decref(j);
     free(body);
@@ -698,8 +701,8 @@ static void test_slack_and_email(void **state)
     assert_int_equal(sink_wait(smtp, "mail_rule", 1, 5000), 1);
     char *mail = sink_item(smtp, "mail_rule", 0, NULL);
     const char *want[] = {"FROM:<alerts@example.com>", "TO:<ops@example.com>",
-                          "TO:<dev@example.com>",     "Subject: [CRITICAL] mail_rule\r\n",
-                          "From: alerts@example.com", "Current value: 99.00 (threshold: > 10)"};
+                          "TO:<dev@example.com>",      "Subject: [CRITICAL] mail_rule\r\n",
+                          "From: alerts@example.com",  "Current value: 99.00 (threshold: > 10)"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(mail, want[i])) fail_msg("mail lacks '%s':\n%s", want[i], mail);
     free(mail);
@@ -721,8 +724,9 @@ static void test_reload(void **state)
     (void)state;
     fx_t f;
     fx_open(&f, "alerts_reload");
-    write_rules(&f, "{\"rules\":[{\"name\":\"r1\",\"severity\":\"info\",\"condition\":{\"metric\":"
-                    "\"m1\"},\"threshold\":10,\"interval\":\"100ms\",\"channels\":[\"webhook\"]}]}");
+    write_rules(&f,
+                "{\"rules\":[{\"name\":\"r1\",\"severity\":\"info\",\"condition\":{\"metric\":"
+                "\"m1\"},\"threshold\":10,\"interval\":\"100ms\",\"channels\":[\"webhook\"]}]}");
     rt_alerts_opts_t o = opts(&f);
     rt_alerts_t *a = start(&o);
     set_metric(&metric_m1, 20);

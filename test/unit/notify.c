@@ -35,8 +35,9 @@ static void test_message(void **state)
     (void)state;
     rt_alert_note_t n = note("firing", RT_SEV_ERROR, 0.0612);
     char *m = rt_notify_message(&n);
-    assert_string_equal(m, "[ERROR] high_error_rate\nError rate exceeds 5% in last 10 minutes\n"
-                           "Current value: 0.06 (threshold: > 0.05)\nTime: 2026-01-02T03:04:05.678Z");
+    assert_string_equal(m,
+                        "[ERROR] high_error_rate\nError rate exceeds 5% in last 10 minutes\n"
+                        "Current value: 0.06 (threshold: > 0.05)\nTime: 2026-01-02T03:04:05.678Z");
     free(m);
     n = note("resolved", RT_SEV_ERROR, NAN);
     m = rt_notify_message(&n);
@@ -53,7 +54,8 @@ static void test_webhook(void **state)
     char *b = rt_notify_webhook_body(&n);
     json_t *j = json_loads(b, 0, NULL);
     assert_non_null(j);
-    const char *keys[] = {"rule", "severity", "message", "value", "threshold", "timestamp", "state"};
+    const char *keys[] = {"rule",      "severity",  "message", "value",
+                          "threshold", "timestamp", "state"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (!json_object_get(j, keys[i])) fail_msg("no key %s in %s", keys[i], b);
     assert_string_equal(json_string_value(json_object_get(j, "timestamp")),
@@ -118,16 +120,15 @@ static void test_configured(void **state)
     assert_int_equal(rt_notify_configured(&o), RT_CH_LOG | RT_CH_WEBHOOK); /* no --smtp-to */
     o.smtp_to = "b@x";
     o.slack_url = "http://s";
-    assert_int_equal(rt_notify_configured(&o), RT_CH_LOG | RT_CH_WEBHOOK | RT_CH_SLACK | RT_CH_EMAIL);
+    assert_int_equal(rt_notify_configured(&o),
+                     RT_CH_LOG | RT_CH_WEBHOOK | RT_CH_SLACK | RT_CH_EMAIL);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_message),
-        cmocka_unit_test(test_webhook),
-        cmocka_unit_test(test_slack_colours),
-        cmocka_unit_test(test_email),
+        cmocka_unit_test(test_message),       cmocka_unit_test(test_webhook),
+        cmocka_unit_test(test_slack_colours), cmocka_unit_test(test_email),
         cmocka_unit_test(test_configured),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
