@@ -788,9 +788,12 @@ static void kick(rt_alerts_t *a)
     j->w.data = j;
     j->items = calloc(n ? n : 1, sizeof *j->items);
     if (!j->items) abort();
-    if (a->leader) {
+    /* Rules whose last evaluation failed (a timeout, typically) go last, so
+     * a rule that keeps timing out does not delay the healthy ones. */
+    for (int pass = 0; a->leader && pass < 2; pass++) {
         for (size_t i = 0; i < a->rules->n; i++) {
             if (!a->rules->rules[i].sql || a->st[i].queued || a->st[i].due_ms > now) continue;
+            if (a->st[i].error != pass) continue;
             a->st[i].queued = 1;
             j->items[j->n].idx = i;
             j->items[j->n].sql = xstrdup(a->rules->rules[i].sql);
