@@ -87,6 +87,7 @@ typedef struct item {
 typedef struct job {
     uv_work_t w;
     struct rt_alerts *a;
+    int lane;
     item_t *items;
     size_t n;
     write_t *writes;
@@ -97,6 +98,24 @@ typedef struct job {
     loaded_t *loaded;
     size_t nloaded;
 } job_t;
+
+/* A database connection with its own job slot. Lane 0 holds the lock,
+ * writes the history and evaluates the healthy SQL rules; lane 1 evaluates
+ * the rules whose last evaluation failed, so a rule that keeps timing out
+ * never delays the others. */
+enum { LANE_MAIN = 0, LANE_SICK, NLANES };
+
+typedef struct lane {
+    /* loop thread */
+    struct job *job;  /* in flight */
+    uint64_t next_ms; /* monotonic: earliest next job (standby, reconnect) */
+    /* the lane's work (one job at a time) */
+    PGconn *conn;
+    unsigned connect_failures; /* in a row; logged on the first and every 60th */
+    /* guarded by mu: the stop path cancels a query in flight */
+    PGcancel *cancel;
+    atomic_int in_query;
+} lane_t;
 
 struct rt_alerts {
     rt_alerts_opts_t o;
@@ -115,25 +134,21 @@ struct rt_alerts {
     rt_alert_rules_t *rules; /* replaced under mu */
     rstate_t *st;            /* replaced under mu */
     int leader;
-    job_t *job; /* in flight */
+    lane_t lane[NLANES];
     int closing;
-    uint64_t next_db_ms; /* monotonic: earliest next job when idle/standby */
+    int swap_wanted; /* a reload is waiting: start no job until it is done */
     write_t *writes, **writes_tail;
     size_t nwrites;
     uint64_t writes_dropped;
     atomic_uint_fast64_t notifications; /* notify() calls: read by counts */
     atomic_int leader_pub;              /* a->leader, for other threads */
 
-    /* work thread (one job at a time) */
-    PGconn *conn;
+    /* lane 0's work */
     int leader_db;
-    unsigned connect_failures; /* in a row; logged on the first and every 60th */
-    int writes_failing;        /* logged when it starts and when it ends */
+    int writes_failing; /* logged when it starts and when it ends */
 
     pthread_mutex_t mu;
     rt_alert_rules_t *pending_rules; /* reload waiting for the loop */
-    PGcancel *cancel;
-    atomic_int in_query;
 };
 
 static uint64_t mono_ms(void)
@@ -283,23 +298,49 @@ int rt_alerts_eval_sql(PGconn *c, const char *sql, int64_t timeout_ms, double *v
 
 /* ---- the database job (threadpool thread) ------------------------------------------- */
 
-static void drop_conn(rt_alerts_t *a)
+static void drop_conn(rt_alerts_t *a, lane_t *l)
 {
     pthread_mutex_lock(&a->mu);
-    if (a->cancel) PQfreeCancel(a->cancel);
-    a->cancel = NULL;
+    if (l->cancel) PQfreeCancel(l->cancel);
+    l->cancel = NULL;
     pthread_mutex_unlock(&a->mu);
-    PQfinish(a->conn);
-    a->conn = NULL;
-    a->leader_db = 0;
+    PQfinish(l->conn);
+    l->conn = NULL;
+    if (l == &a->lane[LANE_MAIN]) a->leader_db = 0; /* the lock went with the session */
 }
 
-static int conn_lost(rt_alerts_t *a)
+static int conn_lost(rt_alerts_t *a, lane_t *l)
 {
-    if (PQstatus(a->conn) == CONNECTION_OK) return 0;
+    if (PQstatus(l->conn) == CONNECTION_OK) return 0;
     rt_warn(COMP, "database connection lost");
-    drop_conn(a);
+    drop_conn(a, l);
     return 1;
+}
+
+/* Connects l if it has no connection. Returns 0, or -1 (logged sparingly). */
+static int lane_connect(rt_alerts_t *a, lane_t *l)
+{
+    if (l->conn) return 0;
+    char err[512];
+    l->conn = rt_pg_connect(a->conninfo, "rtbridge-alerts", -1, &a->stopping, CONNECT_TIMEOUT_MS,
+                            err, sizeof err);
+    if (!l->conn) {
+        if (!atomic_load(&a->stopping) && l->connect_failures++ % 60 == 0)
+            rt_warn(COMP, "cannot connect (attempt %u; retrying): %s", l->connect_failures, err);
+        return -1;
+    }
+    if (l->connect_failures)
+        rt_info(COMP, "connected after %u failed attempts", l->connect_failures);
+    l->connect_failures = 0;
+    /* Bounds the bookkeeping statements too; conditions set their own. */
+    char set[64];
+    snprintf(set, sizeof set, "SET statement_timeout = %lld", (long long)a->o.query_timeout_ms);
+    PQclear(PQexec(l->conn, set));
+    PGcancel *cancel = PQgetCancel(l->conn);
+    pthread_mutex_lock(&a->mu);
+    l->cancel = cancel;
+    pthread_mutex_unlock(&a->mu);
+    return 0;
 }
 
 static st_t st_from(const char *s)
@@ -309,15 +350,15 @@ static st_t st_from(const char *s)
     return ST_INACTIVE;
 }
 
-static void load_states(rt_alerts_t *a, job_t *j)
+static void load_states(PGconn *c, job_t *j)
 {
-    PGresult *r = PQexec(a->conn, "SELECT rule, state, value,"
+    PGresult *r = PQexec(c, "SELECT rule, state, value,"
                                   " (extract(epoch FROM since) * 1000)::bigint,"
                                   " (extract(epoch FROM last_notified) * 1000)::bigint"
                                   " FROM rt_alert_state");
     if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
         char m[256];
-        snprintf(m, sizeof m, "%s", PQerrorMessage(a->conn));
+        snprintf(m, sizeof m, "%s", PQerrorMessage(c));
         rt_warn(COMP, "cannot read rt_alert_state (has `rtbridge migrate` run?): %s",
                 rt_pg_oneline(m));
         PQclear(r);
@@ -345,10 +386,10 @@ static void fmt_double(char *buf, size_t len, double v)
         snprintf(buf, len, "%.17g", v);
 }
 
-static int flush_writes(rt_alerts_t *a, write_t *w)
+static int flush_writes(rt_alerts_t *a, PGconn *c, write_t *w)
 {
     if (!w) return 0;
-    PGresult *r = PQexec(a->conn, "BEGIN");
+    PGresult *r = PQexec(c, "BEGIN");
     int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     for (; ok && w; w = w->next) {
@@ -362,7 +403,7 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
                                 w->severity,       val[0] ? val : NULL,
                                 th[0] ? th : NULL, w->notified ? "t" : "f",
                                 w->message};
-            r = PQexecParams(a->conn,
+            r = PQexecParams(c,
                              "INSERT INTO rt_alert_events (rule, state, severity, value, threshold,"
                              " notified, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                              7, NULL, p, NULL, NULL, 0);
@@ -373,7 +414,7 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
         const char *p[6] = {w->rule,           w->state, val[0] ? val : NULL,
                             th[0] ? th : NULL, since,    w->last_notified_ms ? last : NULL};
         r = PQexecParams(
-            a->conn,
+            c,
             "INSERT INTO rt_alert_state (rule, state, value, threshold, since, last_notified,"
             " updated_at) VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0),"
             " to_timestamp($6::bigint / 1000.0), now())"
@@ -385,17 +426,17 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
         PQclear(r);
     }
     if (ok) {
-        r = PQexec(a->conn, "COMMIT");
+        r = PQexec(c, "COMMIT");
         ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
         PQclear(r);
     }
     if (!ok) {
         char m[256];
-        snprintf(m, sizeof m, "%s", PQerrorMessage(a->conn));
+        snprintf(m, sizeof m, "%s", PQerrorMessage(c));
         if (!a->writes_failing++)
             rt_warn(COMP, "cannot record alert history (has `rtbridge migrate` run?); retrying: %s",
                     rt_pg_oneline(m));
-        PQclear(PQexec(a->conn, "ROLLBACK"));
+        PQclear(PQexec(c, "ROLLBACK"));
         return -1;
     }
     if (a->writes_failing) rt_info(COMP, "alert history recorded again");
@@ -403,38 +444,41 @@ static int flush_writes(rt_alerts_t *a, write_t *w)
     return 0;
 }
 
+/* Evaluates the job's SQL rules on l, in order. */
+static void eval_items(rt_alerts_t *a, lane_t *l, job_t *j)
+{
+    for (size_t i = 0; i < j->n && l->conn; i++) {
+        item_t *it = &j->items[i];
+        if (atomic_load(&a->stopping)) {
+            snprintf(it->err, sizeof it->err, "stopping");
+            continue;
+        }
+        atomic_store(&l->in_query, 1);
+        it->ok = rt_alerts_eval_sql(l->conn, it->sql, a->o.query_timeout_ms, &it->value, it->err,
+                                    sizeof it->err) == 0;
+        atomic_store(&l->in_query, 0);
+        if (conn_lost(a, l)) j->conn_failed = 1;
+    }
+}
+
 static void work_cb(uv_work_t *w)
 {
     job_t *j = w->data;
     rt_alerts_t *a = j->a;
-    if (!a->conn) {
-        char err[512];
-        a->conn = rt_pg_connect(a->conninfo, "rtbridge-alerts", -1, &a->stopping,
-                                CONNECT_TIMEOUT_MS, err, sizeof err);
-        if (!a->conn) {
-            if (!atomic_load(&a->stopping) && a->connect_failures++ % 60 == 0)
-                rt_warn(COMP, "cannot connect (attempt %u; retrying): %s", a->connect_failures,
-                        err);
-            j->conn_failed = 1;
-            return;
-        }
-        if (a->connect_failures)
-            rt_info(COMP, "connected after %u failed attempts", a->connect_failures);
-        a->connect_failures = 0;
-        /* Bounds the bookkeeping statements too; conditions set their own. */
-        char set[64];
-        snprintf(set, sizeof set, "SET statement_timeout = %lld", (long long)a->o.query_timeout_ms);
-        PQclear(PQexec(a->conn, set));
-        PGcancel *cancel = PQgetCancel(a->conn);
-        pthread_mutex_lock(&a->mu);
-        a->cancel = cancel;
-        pthread_mutex_unlock(&a->mu);
+    lane_t *l = &a->lane[j->lane];
+    if (lane_connect(a, l) != 0) {
+        j->conn_failed = 1;
+        return;
+    }
+    if (j->lane == LANE_SICK) {
+        eval_items(a, l, j);
+        return;
     }
     if (!a->leader_db) {
-        PGresult *r = PQexec(a->conn, "SELECT pg_try_advisory_lock(" LOCK_KEY ")");
+        PGresult *r = PQexec(l->conn, "SELECT pg_try_advisory_lock(" LOCK_KEY ")");
         int got = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQgetvalue(r, 0, 0)[0] == 't';
         PQclear(r);
-        if (conn_lost(a)) {
+        if (conn_lost(a, l)) {
             j->conn_failed = 1;
             return;
         }
@@ -444,25 +488,14 @@ static void work_cb(uv_work_t *w)
     }
     /* Writes first: after a lost and regained session, what this instance
      * decided meanwhile is newer than what the table holds. */
-    j->writes_done = flush_writes(a, j->writes) == 0;
-    if (conn_lost(a)) {
+    j->writes_done = flush_writes(a, l->conn, j->writes) == 0;
+    if (conn_lost(a, l)) {
         j->conn_failed = 1;
         j->became_leader = 0;
         return;
     }
-    if (j->became_leader) load_states(a, j);
-    for (size_t i = 0; i < j->n && a->conn; i++) {
-        item_t *it = &j->items[i];
-        if (atomic_load(&a->stopping)) {
-            snprintf(it->err, sizeof it->err, "stopping");
-            continue;
-        }
-        atomic_store(&a->in_query, 1);
-        it->ok = rt_alerts_eval_sql(a->conn, it->sql, a->o.query_timeout_ms, &it->value, it->err,
-                                    sizeof it->err) == 0;
-        atomic_store(&a->in_query, 0);
-        if (conn_lost(a)) j->conn_failed = 1;
-    }
+    if (j->became_leader) load_states(l->conn, j);
+    eval_items(a, l, j);
     j->leader = a->leader_db;
 }
 
@@ -707,38 +740,53 @@ static void apply_loaded(rt_alerts_t *a, job_t *j)
     j->loaded = NULL;
 }
 
+/* Switches to reloaded rules once no job holds indices into the old ones. */
+static void maybe_swap(rt_alerts_t *a)
+{
+    if (!a->swap_wanted || a->lane[LANE_MAIN].job || a->lane[LANE_SICK].job) return;
+    swap_rules(a);
+    a->swap_wanted = 0;
+}
+
 static void after_work_cb(uv_work_t *w, int status)
 {
     (void)status;
     job_t *j = w->data;
     rt_alerts_t *a = j->a;
-    a->job = NULL;
+    lane_t *l = &a->lane[j->lane];
+    uint64_t retry = j->conn_failed ? (uint64_t)a->o.reconnect_ms : 0;
+    l->job = NULL;
 
-    if (j->writes && !j->writes_done) {
-        /* Put them back in front, to be written by the next job. */
-        write_t *last = j->writes;
-        size_t n = 1;
-        while (last->next)
-            last = last->next, n++;
-        last->next = a->writes;
-        if (!a->writes) a->writes_tail = &last->next;
-        a->writes = j->writes;
-        a->nwrites += n;
-    } else {
-        free_writes(j->writes);
+    if (j->lane == LANE_MAIN) {
+        if (j->writes && !j->writes_done) {
+            /* Put them back in front, to be written by a later job; not at
+             * once (the table may be missing): after a reconnect delay. */
+            write_t *last = j->writes;
+            size_t n = 1;
+            while (last->next)
+                last = last->next, n++;
+            last->next = a->writes;
+            if (!a->writes) a->writes_tail = &last->next;
+            a->writes = j->writes;
+            a->nwrites += n;
+            retry = (uint64_t)a->o.reconnect_ms;
+        } else {
+            free_writes(j->writes);
+        }
+        int was_leader = a->leader;
+        a->leader = j->leader;
+        atomic_store(&a->leader_pub, a->leader);
+        if (j->became_leader) {
+            rt_info(COMP, "leading: evaluating %zu rule(s)", a->rules->n);
+            apply_loaded(a, j);
+            for (size_t i = 0; i < a->rules->n; i++)
+                a->st[i].due_ms = mono_ms();
+        } else if (was_leader && !a->leader) {
+            rt_warn(COMP, "lost the database session and with it the lead; retrying");
+        }
+        if (!a->leader && !j->conn_failed) retry = (uint64_t)a->o.leader_retry_ms;
     }
-
-    int was_leader = a->leader;
-    a->leader = j->leader;
-    atomic_store(&a->leader_pub, a->leader);
-    if (j->became_leader) {
-        rt_info(COMP, "leading: evaluating %zu rule(s)", a->rules->n);
-        apply_loaded(a, j);
-        for (size_t i = 0; i < a->rules->n; i++)
-            a->st[i].due_ms = mono_ms();
-    } else if (was_leader && !a->leader) {
-        rt_warn(COMP, "lost the database session and with it the lead; retrying");
-    }
+    l->next_ms = mono_ms() + retry;
 
     for (size_t i = 0; i < j->n; i++) {
         item_t *it = &j->items[i];
@@ -751,78 +799,92 @@ static void after_work_cb(uv_work_t *w, int status)
         free(it->sql);
     }
     free(j->items);
-    uint64_t retry =
-        a->leader ? 0 : (uint64_t)(j->conn_failed ? a->o.reconnect_ms : a->o.leader_retry_ms);
-    a->next_db_ms = mono_ms() + retry;
     free(j);
     if (a->closing) return;
-    swap_rules(a);
+    maybe_swap(a);
     if (a->leader) eval_metrics(a, 0);
     kick(a);
 }
 
-/* Starts a database job if one is due and none is running. */
-static void kick(rt_alerts_t *a)
+/* SQL rules due now on a lane: the healthy ones (sick == 0) or the ones
+ * whose last evaluation failed (sick == 1). */
+static int due_on(const rt_alerts_t *a, size_t i, int sick, uint64_t now)
 {
-    if (a->job || a->closing) {
-        schedule(a); /* metric rules still need their timer */
-        return;
-    }
-    uint64_t now = mono_ms();
-    if (!a->leader && now < a->next_db_ms) {
-        schedule(a);
-        return;
-    }
+    const rstate_t *s = &a->st[i];
+    return a->rules->rules[i].sql && !s->queued && s->due_ms <= now && s->error == sick;
+}
+
+static void start_job(rt_alerts_t *a, int lane, uint64_t now)
+{
     size_t n = 0;
-    if (a->leader) {
-        for (size_t i = 0; i < a->rules->n; i++)
-            if (a->rules->rules[i].sql && !a->st[i].queued && a->st[i].due_ms <= now) n++;
-        if (n == 0 && !a->writes) {
-            schedule(a);
-            return;
-        }
-    }
+    for (size_t i = 0; a->leader && i < a->rules->n; i++)
+        n += (size_t)due_on(a, i, lane == LANE_SICK, now);
+    if (lane == LANE_SICK && n == 0) return;
+    if (lane == LANE_MAIN && a->leader && n == 0 && !a->writes) return;
     job_t *j = calloc(1, sizeof *j);
     if (!j) abort();
     j->a = a;
+    j->lane = lane;
     j->w.data = j;
     j->items = calloc(n ? n : 1, sizeof *j->items);
     if (!j->items) abort();
-    /* Rules whose last evaluation failed (a timeout, typically) go last, so
-     * a rule that keeps timing out does not delay the healthy ones. */
-    for (int pass = 0; a->leader && pass < 2; pass++) {
-        for (size_t i = 0; i < a->rules->n; i++) {
-            if (!a->rules->rules[i].sql || a->st[i].queued || a->st[i].due_ms > now) continue;
-            if (a->st[i].error != pass) continue;
-            a->st[i].queued = 1;
-            j->items[j->n].idx = i;
-            j->items[j->n].sql = xstrdup(a->rules->rules[i].sql);
-            j->n++;
+    for (size_t i = 0; a->leader && i < a->rules->n; i++) {
+        if (!due_on(a, i, lane == LANE_SICK, now)) continue;
+        a->st[i].queued = 1;
+        j->items[j->n].idx = i;
+        j->items[j->n].sql = xstrdup(a->rules->rules[i].sql);
+        j->n++;
+    }
+    if (lane == LANE_MAIN) {
+        j->writes = a->writes;
+        a->writes = NULL;
+        a->writes_tail = &a->writes;
+        a->nwrites = 0;
+    }
+    a->lane[lane].job = j;
+    if (uv_queue_work(&a->loop, &j->w, work_cb, after_work_cb) != 0) abort();
+}
+
+/* Starts the database jobs that are due on idle lanes: on the main lane the
+ * lock attempt (standby), history writes and healthy SQL rules; on the sick
+ * lane (leader only) the rules whose last evaluation failed. */
+static void kick(rt_alerts_t *a)
+{
+    if (a->closing) return;
+    uint64_t now = mono_ms();
+    if (!a->swap_wanted) {
+        for (int lane = LANE_MAIN; lane < NLANES; lane++) {
+            lane_t *l = &a->lane[lane];
+            if (l->job || now < l->next_ms || (lane == LANE_SICK && !a->leader)) continue;
+            start_job(a, lane, now);
         }
     }
-    j->writes = a->writes;
-    a->writes = NULL;
-    a->writes_tail = &a->writes;
-    a->nwrites = 0;
-    a->job = j;
-    if (uv_queue_work(&a->loop, &j->w, work_cb, after_work_cb) != 0) abort();
     schedule(a);
 }
 
-/* Arms the timer for the next thing due: a rule, or a lock/connect retry. */
+/* Arms the timer for the next thing due: a rule on an idle lane, a metric
+ * rule, pending history, or a lock/connect retry. A lane with a job in
+ * flight kicks again when it ends. */
 static void schedule(rt_alerts_t *a)
 {
     if (a->closing) return;
     uint64_t now = mono_ms(), at = UINT64_MAX;
+    const lane_t *m = &a->lane[LANE_MAIN];
     if (a->leader) {
-        /* While a job runs, its end kicks the SQL rules: only metric rules
-         * need the timer then (else a due SQL rule would spin it). */
         for (size_t i = 0; i < a->rules->n; i++) {
-            if (a->st[i].queued || (a->job && a->rules->rules[i].sql)) continue;
-            if (a->st[i].due_ms < at) at = a->st[i].due_ms;
+            const rstate_t *s = &a->st[i];
+            uint64_t t = s->due_ms;
+            if (s->queued) continue;
+            if (a->rules->rules[i].sql) {
+                const lane_t *l = &a->lane[s->error ? LANE_SICK : LANE_MAIN];
+                if (l->job || a->swap_wanted) continue;
+                if (l->next_ms > t) t = l->next_ms;
+            }
+            if (t < at) at = t;
         }
-    } else if (!a->job) {
-        at = a->next_db_ms;
+        if (a->writes && !m->job && m->next_ms < at) at = m->next_ms;
+    } else if (!m->job) {
+        at = m->next_ms;
     }
     if (at == UINT64_MAX) {
         uv_timer_stop(&a->timer);
@@ -845,9 +907,12 @@ static void on_async(uv_async_t *h)
         if (a->closing) return;
         a->closing = 1;
         pthread_mutex_lock(&a->mu);
-        if (a->cancel && atomic_load(&a->in_query)) {
-            char buf[128];
-            PQcancel(a->cancel, buf, sizeof buf);
+        for (int i = 0; i < NLANES; i++) {
+            lane_t *l = &a->lane[i];
+            if (l->cancel && atomic_load(&l->in_query)) {
+                char buf[128];
+                PQcancel(l->cancel, buf, sizeof buf);
+            }
         }
         pthread_mutex_unlock(&a->mu);
         uv_close((uv_handle_t *)&a->async, NULL);
@@ -855,7 +920,10 @@ static void on_async(uv_async_t *h)
         rt_notifier_close(a->notifier);
         return;
     }
-    if (!a->job) swap_rules(a);
+    pthread_mutex_lock(&a->mu);
+    if (a->pending_rules) a->swap_wanted = 1;
+    pthread_mutex_unlock(&a->mu);
+    maybe_swap(a);
     if (atomic_exchange(&a->poke, 0)) eval_metrics(a, 1);
     kick(a);
 }
@@ -864,19 +932,26 @@ static void *thread_main(void *arg)
 {
     rt_alerts_t *a = arg;
     rt_log_thread_name("alerts");
+    pthread_mutex_lock(&a->mu);
+    if (a->pending_rules) a->swap_wanted = 1; /* reloaded before the start */
+    pthread_mutex_unlock(&a->mu);
+    maybe_swap(a);
     kick(a);
     uv_run(&a->loop, UV_RUN_DEFAULT);
-    /* The loop has ended: nothing else touches the connection or the queue.
-     * What was decided last (a resolution just before SIGTERM) is recorded
-     * before the session, and with it the lead, goes. */
-    if (a->conn && a->leader_db && a->writes && flush_writes(a, a->writes) == 0) {
+    /* The loop has ended: nothing else touches the connections or the
+     * queue. What was decided last (a resolution just before SIGTERM) is
+     * recorded before the session, and with it the lead, goes. */
+    PGconn *c = a->lane[LANE_MAIN].conn;
+    if (c && a->leader_db && a->writes && flush_writes(a, c, a->writes) == 0) {
         free_writes(a->writes);
         a->writes = NULL;
         a->writes_tail = &a->writes;
         a->nwrites = 0;
     }
-    if (a->conn) PQfinish(a->conn);
-    a->conn = NULL;
+    for (int i = 0; i < NLANES; i++) {
+        PQfinish(a->lane[i].conn);
+        a->lane[i].conn = NULL;
+    }
     return NULL;
 }
 
@@ -963,7 +1038,8 @@ void rt_alerts_free(rt_alerts_t *a)
     rt_alert_rules_free(a->rules);
     rt_alert_rules_free(a->pending_rules);
     free(a->st);
-    if (a->cancel) PQfreeCancel(a->cancel);
+    for (int i = 0; i < NLANES; i++)
+        if (a->lane[i].cancel) PQfreeCancel(a->lane[i].cancel);
     pthread_mutex_destroy(&a->mu);
     free(a->conninfo);
     free(a->rules_path);

@@ -6,15 +6,17 @@
  * history and state in rt_alert_events / rt_alert_state, and publishes
  * alert_firing / alert_resolved events on the bus.
  *
- * SQL. Conditions run on one database connection of the evaluator's own,
- * each in a read-only transaction with statement_timeout = query timeout.
- * libpq blocks, so the database work runs as one uv_queue_work item at a
- * time (the loop thread never waits on SQL, so notifications and metric
- * rules keep moving while a query runs); its results come back to the loop
- * thread, which alone owns the rules' states. A rule whose query fails or
- * times out is marked error, counted, and tried again on its next interval;
- * the others run after it as usual (a slow query delays the ones queued
- * behind it by at most the query timeout).
+ * SQL. Conditions run on database connections of the evaluator's own, each
+ * in a read-only transaction with statement_timeout = query timeout. libpq
+ * blocks, so the database work runs as uv_queue_work jobs (the loop thread
+ * never waits on SQL, so notifications and metric rules keep moving while a
+ * query runs); results come back to the loop thread, which alone owns the
+ * rules' states. There are two connections ("lanes"), one job at a time on
+ * each: the main one holds the leader lock, writes the history and runs the
+ * healthy rules; the other runs the rules whose last evaluation failed. A
+ * rule whose query fails or times out is marked error, counted, and tried
+ * again on its next interval on the second lane, so it never delays the
+ * others (only its first timeout does, once).
  *
  * Metric rules ({"metric": NAME}) read values through the metric_value
  * function of the options (the lead wires rt_metrics_value); they run on
