@@ -353,9 +353,9 @@ static st_t st_from(const char *s)
 static void load_states(PGconn *c, job_t *j)
 {
     PGresult *r = PQexec(c, "SELECT rule, state, value,"
-                                  " (extract(epoch FROM since) * 1000)::bigint,"
-                                  " (extract(epoch FROM last_notified) * 1000)::bigint"
-                                  " FROM rt_alert_state");
+                            " (extract(epoch FROM since) * 1000)::bigint,"
+                            " (extract(epoch FROM last_notified) * 1000)::bigint"
+                            " FROM rt_alert_state");
     if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
         char m[256];
         snprintf(m, sizeof m, "%s", PQerrorMessage(c));

@@ -5,13 +5,16 @@
  * requests and can answer 500 or hang, and an SMTP sink.
  *
  * Covered: every kind of invalid rules file gives its message (rule and
- * field named); firing, cooldown of reminders, one resolution; `for` delays
- * firing; 500 then 200 delivered after a retry; a hanging receiver times out
- * without delaying another rule; query errors and timeouts counted and
- * retried while other rules fire; restart while firing does not notify
- * again; one leader per database, and a standby takes over without
- * notifying again; webhook, Slack and e-mail bodies; alert events on the
- * bus; reload good and bad; the /metrics families.
+ * field named); firing exactly past the threshold, cooldown of reminders,
+ * one resolution; a poke fires a metric rule at once; `for` delays firing;
+ * 500 then 200 delivered after a retry; a hanging receiver times out
+ * without delaying another rule; stopping abandons a request in flight; an
+ * unreachable database; query errors and timeouts counted and retried while
+ * other rules fire, and a rule that keeps timing out does not delay the
+ * others; restart while firing does not notify again; one leader per
+ * database, and a standby takes over without notifying again; webhook,
+ * Slack and e-mail bodies; STARTTLS required; alert events on the bus;
+ * reload good and bad; the /metrics families.
  */
 #include "pgtest.h"
 #include "sink.h"
@@ -784,6 +787,37 @@ static void test_slack_and_email(void **state)
     fx_close(&f);
 }
 
+/* smtp+starttls:// requires STARTTLS: a server without it gets nothing in
+ * plain text, and the failure is counted. */
+static void test_starttls_required(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "alerts_starttls");
+    sink_t *smtp = sink_smtp_start();
+    char smtp_url[64];
+    snprintf(smtp_url, sizeof smtp_url, "smtp+starttls://127.0.0.1:%d", sink_port(smtp));
+    write_rules(&f, "{\"rules\":[{\"name\":\"tls_rule\",\"severity\":\"info\",\"condition\":"
+                    "{\"metric\":\"m1\"},\"threshold\":10,\"interval\":\"100ms\",\"channels\":"
+                    "[\"email\"]}]}");
+    rt_alerts_opts_t o = opts(&f);
+    o.notify.smtp_url = smtp_url;
+    o.notify.smtp_from = "alerts@example.com";
+    o.notify.smtp_to = "ops@example.com";
+    o.notify.tries = 1;
+    rt_alerts_t *a = start(&o);
+    set_metric(&metric_m1, 99);
+    rt_alerts_poke(a);
+    WAIT_FOR(exposition_has(a, "rtbridge_alert_notification_failures_total{channel=\"email\"} 1\n"),
+             5000);
+    assert_true(
+        exposition_has(a, "rtbridge_alert_notification_failures_total{channel=\"email\"} 1\n"));
+    assert_int_equal(sink_count(smtp, NULL), 0);
+    rt_alerts_free(a);
+    sink_stop(smtp);
+    fx_close(&f);
+}
+
 /* ---- reload ----------------------------------------------------------------------------- */
 
 static void test_reload(void **state)
@@ -840,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_restart_while_firing),
         cmocka_unit_test(test_one_leader),
         cmocka_unit_test(test_slack_and_email),
+        cmocka_unit_test(test_starttls_required),
         cmocka_unit_test(test_reload),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
