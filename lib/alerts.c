@@ -1016,7 +1016,11 @@ int rt_alerts_start(rt_alerts_t *a)
 void rt_alerts_stop(rt_alerts_t *a)
 {
     if (!a || !a->started) return;
+    /* Under mu, so a concurrent rt_alerts_poke either sends before this or
+     * sees stopping and leaves the handle (closed soon after) alone. */
+    pthread_mutex_lock(&a->mu);
     atomic_store(&a->stopping, 1);
+    pthread_mutex_unlock(&a->mu);
     uv_async_send(&a->async);
     pthread_join(a->thread, NULL);
     a->started = 0;
@@ -1068,9 +1072,13 @@ int rt_alerts_reload(rt_alerts_t *a)
 
 void rt_alerts_poke(rt_alerts_t *a)
 {
-    if (!a || !a->started) return;
-    atomic_store(&a->poke, 1);
-    uv_async_send(&a->async);
+    if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    if (atomic_load(&a->started) && !atomic_load(&a->stopping)) {
+        atomic_store(&a->poke, 1);
+        uv_async_send(&a->async);
+    }
+    pthread_mutex_unlock(&a->mu);
 }
 
 void rt_alerts_poke_cb(void *arg)

@@ -100,8 +100,9 @@ void rt_alerts_free(rt_alerts_t *a);
  * Blocks (file, database): not on a loop thread. */
 int rt_alerts_reload(rt_alerts_t *a);
 
-/* Makes metric rules re-evaluate promptly. Any thread; never blocks; does
- * nothing before rt_alerts_start. */
+/* Makes metric rules re-evaluate promptly. Any thread, also while the
+ * evaluator stops; takes only a short lock; does nothing before
+ * rt_alerts_start or after rt_alerts_stop. */
 void rt_alerts_poke(rt_alerts_t *a);
 /* The same with the shape of a snapshot callback (rt_metrics_on_snapshot):
  * arg is the rt_alerts_t. */

@@ -27,6 +27,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -418,6 +419,38 @@ static void test_poke_fires_promptly(void **state)
      * machine. Without the poke it would take the one-minute interval. */
     if (took > 2000) fail_msg("fired %llu ms after the poke", (unsigned long long)took);
     printf("measured: poke to webhook received: %llu ms\n", (unsigned long long)took);
+    rt_alerts_free(a);
+    fx_close(&f);
+}
+
+static atomic_int poker_done;
+
+static void *poker(void *arg)
+{
+    while (!atomic_load(&poker_done))
+        rt_alerts_poke(arg);
+    return NULL;
+}
+
+/* Pokes from another thread (the metrics worker) may race with the stop. */
+static void test_poke_during_stop(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_open(&f, "alerts_pokestop");
+    write_rules(&f, "{\"rules\":[{\"name\":\"p\",\"severity\":\"info\",\"condition\":"
+                    "{\"metric\":\"m1\"},\"threshold\":10,\"interval\":\"1m\"}]}");
+    rt_alerts_opts_t o = opts(&f);
+    rt_alerts_t *a = start(&o);
+    WAIT_FOR(counts(a).evaluations >= 1, 5000);
+    atomic_store(&poker_done, 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, poker, a), 0);
+    WAIT_FOR(counts(a).evaluations >= 20, 5000); /* pokes arrive */
+    assert_true(counts(a).evaluations >= 20);
+    rt_alerts_stop(a);
+    atomic_store(&poker_done, 1);
+    pthread_join(t, NULL);
     rt_alerts_free(a);
     fx_close(&f);
 }
@@ -864,6 +897,7 @@ int main(void)
         cmocka_unit_test(test_invalid_files),
         cmocka_unit_test(test_fire_cooldown_resolve),
         cmocka_unit_test(test_poke_fires_promptly),
+        cmocka_unit_test(test_poke_during_stop),
         cmocka_unit_test(test_for_delays_firing),
         cmocka_unit_test(test_retry_after_500),
         cmocka_unit_test(test_hanging_receiver),
