@@ -767,21 +767,31 @@ static void test_one_leader(void **state)
 
 /* ---- Slack, e-mail -------------------------------------------------------------------- */
 
+/* Starts an SMTP sink and points o's e-mail channel at it (url: the buffer
+ * that holds its URL, alive as long as o). */
+static sink_t *with_smtp(rt_alerts_opts_t *o, const char *scheme, char *url, size_t len,
+                         const char *to)
+{
+    sink_t *smtp = sink_smtp_start();
+    snprintf(url, len, "%s://127.0.0.1:%d", scheme, sink_port(smtp));
+    o->notify.smtp_url = url;
+    o->notify.smtp_from = "alerts@example.com";
+    o->notify.smtp_to = to;
+    return smtp;
+}
+
 static void test_slack_and_email(void **state)
 {
     (void)state;
     fx_t f;
     fx_open(&f, "alerts_mail");
-    sink_t *smtp = sink_smtp_start();
-    char smtp_url[64];
-    snprintf(smtp_url, sizeof smtp_url, "smtp://127.0.0.1:%d", sink_port(smtp));
     write_rules(&f, "{\"rules\":[{\"name\":\"mail_rule\",\"description\":\"too many\","
                     "\"severity\":\"critical\",\"condition\":{\"metric\":\"m1\"},\"threshold\":"
                     "10,\"interval\":\"100ms\",\"channels\":[\"slack\",\"email\"]}]}");
     rt_alerts_opts_t o = opts(&f);
-    o.notify.smtp_url = smtp_url;
-    o.notify.smtp_from = "alerts@example.com";
-    o.notify.smtp_to = "ops@example.com, dev@example.com";
+    char smtp_url[64];
+    sink_t *smtp =
+        with_smtp(&o, "smtp", smtp_url, sizeof smtp_url, "ops@example.com, dev@example.com");
     rt_alerts_t *a = start(&o);
     set_metric(&metric_m1, 99);
     rt_alerts_poke(a);
@@ -827,16 +837,12 @@ static void test_starttls_required(void **state)
     (void)state;
     fx_t f;
     fx_open(&f, "alerts_starttls");
-    sink_t *smtp = sink_smtp_start();
-    char smtp_url[64];
-    snprintf(smtp_url, sizeof smtp_url, "smtp+starttls://127.0.0.1:%d", sink_port(smtp));
     write_rules(&f, "{\"rules\":[{\"name\":\"tls_rule\",\"severity\":\"info\",\"condition\":"
                     "{\"metric\":\"m1\"},\"threshold\":10,\"interval\":\"100ms\",\"channels\":"
                     "[\"email\"]}]}");
     rt_alerts_opts_t o = opts(&f);
-    o.notify.smtp_url = smtp_url;
-    o.notify.smtp_from = "alerts@example.com";
-    o.notify.smtp_to = "ops@example.com";
+    char smtp_url[64];
+    sink_t *smtp = with_smtp(&o, "smtp+starttls", smtp_url, sizeof smtp_url, "ops@example.com");
     o.notify.tries = 1;
     rt_alerts_t *a = start(&o);
     set_metric(&metric_m1, 99);
