@@ -6,6 +6,7 @@
 #include "alertcmd.h"
 
 #include "alerts.h"
+#include "metrics.h"
 #include "pgconn.h"
 
 #include <math.h>
@@ -32,6 +33,8 @@ static int cmd_check(const rt_config_t *cfg, FILE *out, FILE *err)
     }
     rt_alerts_opts_t o;
     rt_alerts_opts_from_config(&o, cfg);
+    /* The names a running server's metric rules may use (valued only there). */
+    o.metric_names = rt_metrics_value_names();
     rt_alert_env_t env = rt_alerts_env(&o);
     rt_alert_problems_t probs = {0};
     rt_alert_rules_t *rules =

@@ -56,6 +56,9 @@ typedef struct rt_config {
     int64_t etl_retention_ms;     /* daily partitions older than this are dropped */
     int etl_once;                 /* --once (etl command): catch up, print, exit */
 
+    /* metrics aggregator and dashboard API */
+    int64_t metrics_reconcile_interval_ms; /* reconcile totals with the database */
+    int64_t stats_interval_ms;             /* period of the stats_updated event */
     /* alerts (lib/alerts.h, lib/notify.h); URLs and passwords are secrets */
     char *alert_rules;                /* --alert-rules PATH; NULL: no evaluator */
     int64_t alert_query_timeout_ms;   /* statement_timeout of one condition */

@@ -14,6 +14,7 @@
 #include "journal.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -39,6 +40,7 @@ typedef struct serve_ctx {
     rt_listener_t *listener;
     rt_fanout_t *fanout;
     rt_etl_t *etl; /* NULL with --etl=off */
+    rt_metrics_t *metrics;
     rt_alerts_t *alerts; /* NULL without --alert-rules */
     uv_work_t reload_work;
     int reload_running;
@@ -109,6 +111,12 @@ static void on_housekeeping(uv_timer_t *t)
         s->prune_work.data = s;
         uv_queue_work(&s->loop, &s->prune_work, prune_work_cb, prune_after_cb);
     }
+}
+
+/* {"metric": NAME} alert rules read the aggregator's latest snapshot. */
+static int metric_value(void *arg, const char *name, double *out)
+{
+    return rt_metrics_value(arg, name, out);
 }
 
 /* Reloading reads a file and checks SQL on a connection: off the loop. */
@@ -205,10 +213,33 @@ int rt_serve_run(const rt_config_t *cfg)
             goto out;
         }
     }
+    rt_metrics_opts_t mo = {
+        .conninfo = cfg->database_url,
+        .bus = s.bus,
+        .ring_size = (unsigned)cfg->bus_ring_size,
+        .reconcile_interval_ms = cfg->metrics_reconcile_interval_ms,
+        .stats_interval_ms = cfg->stats_interval_ms,
+        .listener = s.listener,
+        .fanout = s.fanout,
+        .etl = s.etl,
+    };
+    s.metrics = rt_metrics_new(&mo);
+    int hrc = s.metrics ? rt_fanout_add_handler(s.fanout, "/metrics", rt_metrics_handle, s.metrics)
+                        : -errno;
+    if (hrc == 0)
+        hrc = rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics);
+    if (hrc < 0) {
+        rt_error(COMP, "cannot set up the metrics aggregator: %s", strerror(-hrc));
+        status = 1;
+        goto out;
+    }
     if (cfg->alert_rules) {
         rt_alerts_opts_t ao;
         rt_alerts_opts_from_config(&ao, cfg);
         ao.bus = s.bus;
+        ao.metric_value = metric_value;
+        ao.metric_arg = s.metrics;
+        ao.metric_names = rt_metrics_value_names();
         s.alerts = rt_alerts_new(&ao); /* logs every problem of a bad file */
         if (!s.alerts) {
             fprintf(stderr, "rtbridge: --alert-rules %s: invalid (see the log above)\n",
@@ -216,8 +247,12 @@ int rt_serve_run(const rt_config_t *cfg)
             status = 2;
             goto out;
         }
+        /* Metric rules re-checked on each new snapshot; states in /metrics. */
+        rt_metrics_on_snapshot(s.metrics, rt_alerts_poke_cb, s.alerts);
+        rt_metrics_add_exposition(s.metrics, rt_alerts_exposition, s.alerts);
     }
     int rc = rt_fanout_start(s.fanout);
+    if (rc == 0) rc = rt_metrics_start(s.metrics);
     if (rc == 0 && s.etl) rc = rt_etl_start(s.etl);
     if (rc == 0 && s.alerts) rc = rt_alerts_start(s.alerts);
     if (rc == 0) rc = rt_listener_start(s.listener);
@@ -233,11 +268,14 @@ int rt_serve_run(const rt_config_t *cfg)
     /* Clients first (close frames, drained writes), then the producer. */
     rt_fanout_shutdown(s.fanout);
 out:
+    /* Answers its deferred requests (503) before the fan-out is freed. */
+    rt_metrics_stop(s.metrics);
     rt_listener_free(s.listener);
     /* The evaluator publishes too: stopped before the bus goes. */
     rt_alerts_free(s.alerts);
     /* After the producer: its ring lives in the bus, freed last. */
     rt_etl_free(s.etl);
+    rt_metrics_free(s.metrics);
     rt_fanout_free(s.fanout);
     rt_bus_free(s.bus);
     if (status != 0) {

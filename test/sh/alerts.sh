@@ -3,7 +3,8 @@
 # (ops/alert-rules.json) with data crafted to cross each threshold and to sit
 # just below it (table and exit status), invalid files (exit 2, every problem
 # named), `alerts list`, and `serve --alert-rules`: a bad file refuses to
-# start, alert_firing / alert_resolved reach an SSE subscriber, SIGHUP
+# start, alert_firing / alert_resolved reach an SSE subscriber, a metric
+# rule fires on the aggregator's snapshot, /metrics has the alert families, SIGHUP
 # reloads a good file and keeps the old rules on a bad one, and a webhook URL
 # with a password never appears in the log. Prints PASS:/FAIL: lines.
 set -u
@@ -170,7 +171,10 @@ sql "CREATE TABLE alert_t (v int); INSERT INTO alert_t VALUES (0)"
 cat >"$tmp/rules.json" <<'EOF'
 {"rules": [{"name": "t_high", "description": "alert_t over 5", "severity": "critical",
             "condition": {"sql": "SELECT max(v) FROM alert_t"}, "threshold": 5,
-            "interval": "200ms", "cooldown": "1h", "channels": ["log", "webhook"]}]}
+            "interval": "200ms", "cooldown": "1h", "channels": ["log", "webhook"]},
+           {"name": "busy", "description": "more than 2 intents in 10 minutes", "severity": "warning",
+            "condition": {"metric": "intents_created_10m"}, "threshold": 2,
+            "interval": "1h", "channels": ["log"]}]}
 EOF
 secret=s3cr3tpass
 "$BIN" serve --listen 127.0.0.1:"$port" --fanout-threads 1 --etl=off --alert-rules "$tmp/rules.json" \
@@ -201,6 +205,19 @@ if wait_for "$tmp/serve.err" "alerts: leading" 15; then
         ! grep -q "$secret" "$tmp/serve.err" "$tmp/serve.out" &&
         pass "a failing webhook is logged without its URL's secrets" ||
         fail "a failing webhook is logged without its URL's secrets" "$(grep -i webhook "$tmp/serve.err" | tail -3)"
+
+    # A metric rule with a one-hour interval fires on the metrics' snapshot.
+    busy_before=$(grep -c "\[WARNING\] busy" "$tmp/serve.err")
+    sql "INSERT INTO intents (id, status) SELECT gen_random_uuid(), 'created' FROM generate_series(1, 3)"
+    [ "$busy_before" -eq 0 ] && wait_for "$tmp/serve.err" "\[WARNING\] busy" 10 &&
+        pass "a metric rule fires on the aggregator's snapshot" ||
+        fail "a metric rule fires on the aggregator's snapshot" "$(tail -5 "$tmp/serve.err")"
+    curl -s --max-time 5 "http://127.0.0.1:$port/metrics" >"$tmp/metrics"
+    grep -q '^rtbridge_alert_rule_state{rule="busy",severity="warning",state="firing"} 1$' "$tmp/metrics" &&
+        grep -q '^# TYPE rtbridge_alert_notification_failures_total counter$' "$tmp/metrics" &&
+        grep -q '^rtbridge_alert_notification_failures_total{channel="webhook"} 2$' "$tmp/metrics" &&
+        pass "/metrics has the alert families" ||
+        fail "/metrics has the alert families" "$(grep rtbridge_alert "$tmp/metrics" | head -20)"
 
     "$BIN" alerts list >"$tmp/list" 2>&1
     rc=$?
