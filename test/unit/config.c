@@ -175,6 +175,25 @@ static const opt_case_t cases[] = {
      OFF(metrics_reconcile_interval_ms), "5m", "100ms", 300000, 100},
     {"--stats-interval", "RTBRIDGE_STATS_INTERVAL", K_I64, OFF(stats_interval_ms), "2s", "1h",
      2000, 3600000},
+    /* alerts */
+    {"--alert-rules", "RTBRIDGE_ALERT_RULES", K_STR, OFF(alert_rules), "/etc/rt/rules.json",
+     "r.json", 0, 0},
+    {"--alert-query-timeout", "RTBRIDGE_ALERT_QUERY_TIMEOUT", K_I64, OFF(alert_query_timeout_ms),
+     "2s", "10ms", 2000, 10},
+    {"--alert-webhook-url", "ALERT_WEBHOOK_URL", K_STR, OFF(alert_webhook_url), "http://h/x",
+     "https://y", 0, 0},
+    {"--slack-webhook-url", "SLACK_WEBHOOK_URL", K_STR, OFF(slack_webhook_url),
+     "https://hooks.example/T/B/x", "http://s", 0, 0},
+    {"--smtp-url", "RTBRIDGE_SMTP_URL", K_STR, OFF(smtp_url), "smtp+starttls://u:p@mail:587",
+     "smtps://mail", 0, 0},
+    {"--smtp-from", "RTBRIDGE_SMTP_FROM", K_STR, OFF(smtp_from), "a@example.com", "b@x", 0, 0},
+    {"--smtp-to", "RTBRIDGE_SMTP_TO", K_STR, OFF(smtp_to), "a@x,b@y", "c@z", 0, 0},
+    {"--alert-notify-timeout", "RTBRIDGE_ALERT_NOTIFY_TIMEOUT", K_I64,
+     OFF(alert_notify_timeout_ms), "500ms", "5m", 500, 300000},
+    {"--alert-notify-tries", "RTBRIDGE_ALERT_NOTIFY_TRIES", K_I64, OFF(alert_notify_tries), "1",
+     "10", 1, 10},
+    {"--alert-notify-backoff", "RTBRIDGE_ALERT_NOTIFY_BACKOFF", K_I64,
+     OFF(alert_notify_backoff_ms), "50ms", "10m", 50, 600000},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 

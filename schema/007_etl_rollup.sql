@@ -1,4 +1,4 @@
--- 005_etl_rollup.sql: what the ETL needs to keep audit_logs_hourly current
+-- 007_etl_rollup.sql: what the ETL needs to keep audit_logs_hourly current
 -- by adding each load's counts instead of recomputing whole hours
 -- (lib/etl.c, ROLLUP_SQL).
 --
