@@ -19,6 +19,9 @@ PACKAGES=(
     node-llhttp libwslay-dev libcurl4-openssl-dev libjwt-dev
     postgresql-15 postgresql-client-15
     python3 procps curl
+    # ops/ tests (issue #9): nginx in front of two instances, promtool (in
+    # prometheus), yamllint, shellcheck, systemd-analyze (in systemd).
+    nginx prometheus yamllint shellcheck systemd
 )
 
 check_only=0
