@@ -18,26 +18,20 @@
 #     exists, stop_grace_period above --shutdown-timeout, TimescaleDB.
 # Prints PASS:/FAIL:/NOTE: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
+# shellcheck source=test/sh/ops-lib/common.sh
+. "$(dirname "$0")/ops-lib/common.sh"
 
 cd "$ROOT" || exit 1
 if command -v yamllint >/dev/null; then
     yaml=$(find ops -name '*.yml' -o -name '*.yaml' | sort | xargs)
     # shellcheck disable=SC2086
     if yamllint --strict -c ops/.yamllint.yml $yaml >"$tmp/yl" 2>&1; then
-        echo "PASS: yamllint --strict: $yaml"
+        pass "yamllint --strict: $yaml"
     else
-        echo "FAIL: yamllint --strict"
-        sed 's/^/    /' "$tmp/yl"
-        fails=$((fails + 1))
+        fail "yamllint --strict" "$(cat "$tmp/yl")"
     fi
 else
-    echo "FAIL: yamllint is installed (bash ops/install-deps.sh)"
-    fails=$((fails + 1))
+    fail "yamllint is installed" "bash ops/install-deps.sh"
 fi
 
 "$BIN" help >"$tmp/help" 2>&1
@@ -47,13 +41,8 @@ python3 - "$tmp/help" "$tmp/alert-rules.yaml" <<'PY' || fails=$((fails + 1))
 import json, os, re, shlex, sys, yaml
 help_text = open(sys.argv[1]).read()
 generated_rules = open(sys.argv[2]).read()
-ok = True
-def res(good, name, *detail):
-    global ok
-    print(("PASS: " if good else "FAIL: ") + name)
-    for d in detail if not good else ():
-        print("    " + str(d))
-    ok = ok and good
+sys.path.insert(0, os.environ["OPS_LIB"])
+from check import done, res
 
 flags = set(re.findall(r"^\s+(?:-h, )?(--[a-z0-9-]+)", help_text, re.M))
 envs = set(re.findall(r"\[env ([A-Z0-9_]+)", help_text))
@@ -206,7 +195,7 @@ grace_c = min(seconds(s[n].get("stop_grace_period", "10s")) for n in serve)
 drain_c = max(seconds((s[n].get("environment") or {}).get("RTBRIDGE_SHUTDOWN_TIMEOUT", default_of("--shutdown-timeout")))
               for n in serve)
 res(grace_c > drain_c, "compose: stop_grace_period %g s > --shutdown-timeout %g s" % (grace_c, drain_c))
-sys.exit(0 if ok else 1)
+done()
 PY
 
 [ $fails -eq 0 ]

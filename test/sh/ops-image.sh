@@ -13,16 +13,11 @@
 #   * shellcheck passes on every shell script in ops/.
 # Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=test/sh/ops-lib/common.sh
+. "$(dirname "$0")/ops-lib/common.sh"
 DF=$ROOT/ops/Dockerfile
 README=$ROOT/README.md
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 # check NAME STATUS DETAIL...: STATUS is the $? of the condition just run, so
 # NAME must not contain a command substitution (it would reset $?).
 check() {
@@ -72,14 +67,21 @@ ldd "$BIN" >"$tmp/ldd" 2>&1
 if grep -q 'not found' "$tmp/ldd"; then
     fail "ldd resolves every library" "$(grep 'not found' "$tmp/ldd")"
 fi
-for lib in $(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' "$tmp/ldd" | sort -u); do
+# One dpkg -S for all of them (it is slow per call). dpkg knows each file
+# by the path its package installed, which with merged /usr is either ldd's
+# /lib/... path or the real /usr/lib/... one: ask for both.
+awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' "$tmp/ldd" | sort -u >"$tmp/libs"
+while read -r lib; do echo "$lib $(readlink -f "$lib")"; done <"$tmp/libs" >"$tmp/pairs"
+# shellcheck disable=SC2046
+dpkg -S $(cat "$tmp/pairs") 2>/dev/null | grep -v '^diversion' |
+    sed 's/^\([^:,]*\)[^ ]* \(\/.*\)$/\1 \2/' >"$tmp/owners"
+while read -r lib real; do
     n=$((n + 1))
-    owner=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null)
-    owner=${owner%%:*}
+    owner=$(awk -v a="$lib" -v b="$real" '$2 == a || $2 == b {print $1; exit}' "$tmp/owners")
     if [ -z "$owner" ] || ! grep -qx "$owner" "$tmp/closure"; then
         missing="$missing $lib(${owner:-no package})"
     fi
-done
+done <"$tmp/pairs"
 binname=$(basename "$BIN")
 [ $n -gt 5 ] && [ -z "$missing" ]
 check "all $n shared libraries of $binname come from the runtime stage's packages" $? \
@@ -125,7 +127,7 @@ check "README: health check" $? "'$(readme_row healthcheck)'"
 "$BIN" help >"$tmp/help" 2>&1
 unknown=""
 for v in $(grep '^ENV ' "$runtime" | grep -o 'RTBRIDGE_[A-Z_]*\|DATABASE_URL' | sort -u); do
-    grep -q "env $v[],]" "$tmp/help" || unknown="$unknown $v"
+    grep -q "env ${v}[],]" "$tmp/help" || unknown="$unknown $v"
 done
 [ -z "$unknown" ]
 check "ENV names exist in rtbridge help" $? "unknown:$unknown"

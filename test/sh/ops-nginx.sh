@@ -15,29 +15,12 @@
 # temp paths), so it needs no root and touches nothing of the system's.
 # Prints PASS:/FAIL: lines; run by test/run.sh. About 40 s.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
+# shellcheck source=test/sh/ops-lib/common.sh
+. "$(dirname "$0")/ops-lib/common.sh"
 BUILD=${RT_BUILD:?RT_BUILD not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LG=$BUILD/bin/rtbridge-loadgen
 CONF=$ROOT/ops/nginx/rtbridge.conf
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-DB=rt_ops_nginx_$$
-URL=${BASE%/*}/$DB
-tmp=$(mktemp -d)
-chmod 755 "$tmp"
-pid_a="" pid_b="" pid_ng="" pid_lg=""
-cleanup() {
-    for p in "$pid_lg" "$pid_a" "$pid_b"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null; done
-    [ -n "$pid_ng" ] && kill -TERM "$pid_ng" 2>/dev/null && wait "$pid_ng" 2>/dev/null
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 jget() {
     python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
 }
@@ -56,45 +39,29 @@ for tool in "$NGINX" "$LG" "$BIN"; do
     fi
 done
 
-psql -q "$BASE" -c "CREATE DATABASE $DB" >/dev/null || { fail "create database"; exit 1; }
-if ! DATABASE_URL=$URL "$BIN" migrate >"$tmp/migrate.log" 2>&1; then
-    fail "migrate" "$(tail -5 "$tmp/migrate.log")"
-    exit 1
-fi
+ops_db rt_ops_nginx_$$ || { fail "create and migrate a database"; exit 1; }
 
 # ---- two instances on one database ------------------------------------------------
 
-port_a=$(sh "$ROOT/test/pg.sh" freeport)
-port_b=$(sh "$ROOT/test/pg.sh" freeport)
-while [ "$port_b" = "$port_a" ]; do port_b=$(sh "$ROOT/test/pg.sh" freeport); done
+port_a=$(ops_freeport)
+port_b=$(ops_freeport)
+while [ "$port_b" = "$port_a" ]; do port_b=$(ops_freeport); done
 # Behind the proxy every client comes from nginx's address: the per-address
 # limit belongs to nginx (see the config), so it is off here.
-DATABASE_URL=$URL "$BIN" serve --listen "127.0.0.1:$port_a" --max-conns-per-ip 0 \
-    --fanout-threads 1 --log-format json >"$tmp/a.log" 2>&1 &
-pid_a=$!
-DATABASE_URL=$URL "$BIN" serve --listen "127.0.0.1:$port_b" --max-conns-per-ip 0 \
-    --fanout-threads 1 --etl=off --log-format json >"$tmp/b.log" 2>&1 &
-pid_b=$!
+pid_a="" pid_b=""
+ops_serve pid_a "$port_a" --max-conns-per-ip 0 --fanout-threads 1 --log-format json
+ops_serve pid_b "$port_b" --max-conns-per-ip 0 --fanout-threads 1 --etl=off --log-format json
 
-# wait_ready URL PID: polls URL (up to 10 s) while PID lives.
-wait_ready() {
-    for _ in $(seq 1 100); do
-        curl -sf "$1" >/dev/null 2>&1 && return 0
-        [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null && return 1
-        sleep 0.1
-    done
-    return 1
-}
-if wait_ready "http://127.0.0.1:$port_a/readyz" "$pid_a" && wait_ready "http://127.0.0.1:$port_b/readyz" "$pid_b"; then
+if ops_wait_ready "http://127.0.0.1:$port_a/readyz" "$pid_a" && ops_wait_ready "http://127.0.0.1:$port_b/readyz" "$pid_b"; then
     pass "two instances ready (ports $port_a, $port_b; the second with --etl=off)"
 else
-    fail "two instances ready" "$(tail -3 "$tmp/a.log")" "$(tail -3 "$tmp/b.log")"
+    fail "two instances ready" "$(tail -3 "$tmp/pid_a.log")" "$(tail -3 "$tmp/pid_b.log")"
     exit 1
 fi
 
 # ---- nginx with ops/nginx/rtbridge.conf -----------------------------------------------
 
-port_ng=$(sh "$ROOT/test/pg.sh" freeport)
+port_ng=$(ops_freeport)
 ng=$tmp/nginx
 mkdir -p "$ng/logs"
 # The shipped file, with only its listen line and upstream servers changed.
@@ -132,7 +99,8 @@ else
 fi
 "$NGINX" -p "$ng/" -e "$ng/logs/error.log" -c "$ng/nginx.conf" -g 'daemon off;' >"$tmp/nginx.out" 2>&1 &
 pid_ng=$!
-if wait_ready "http://127.0.0.1:$port_ng/readyz" "$pid_ng"; then
+ops_track_term "$pid_ng"
+if ops_wait_ready "http://127.0.0.1:$port_ng/readyz" "$pid_ng"; then
     pass "nginx up on 127.0.0.1:$port_ng"
 else
     fail "nginx up" "$(cat "$tmp/nginx.out" "$ng/logs/error.log" 2>/dev/null | tail -5)"
@@ -224,6 +192,7 @@ rm -f "$tmp/ready"
     --db "$URL" --events 800 --produce-rate 100 --settle 1 --timeout 60 --quiet \
     --ready-file "$tmp/ready" --label failover --json "$tmp/failover.json" >"$tmp/failover.out" 2>&1 &
 pid_lg=$!
+_ops_pids+=("$pid_lg")
 for _ in $(seq 1 200); do
     [ -s "$tmp/ready" ] && break
     kill -0 "$pid_lg" 2>/dev/null || break
@@ -245,7 +214,6 @@ done
 before_kill=$(sql "SELECT count(*) FROM rt_journal WHERE seq > $base_seq")
 kill -KILL "$pid_a"
 wait "$pid_a" 2>/dev/null
-pid_a=""
 moved=0
 for _ in $(seq 1 200); do
     if [ "$(conns "$port_b" sse)" = 10 ] && [ "$(conns "$port_b" websocket)" = 10 ]; then moved=1; break; fi
@@ -256,7 +224,6 @@ done
     fail "after SIGKILL of one instance all clients are on the other" "SSE $(conns "$port_b" sse), WS $(conns "$port_b" websocket) on B"
 wait "$pid_lg"
 rc=$?
-pid_lg=""
 f=$tmp/failover.json
 if [ $rc -eq 0 ] && [ -s "$f" ] && [ "$(jget "$f" 'j["delivery"]["lost"]')" = 0 ] &&
     [ "$(jget "$f" 'j["delivery"]["duplicates"]')" = 0 ] &&
@@ -269,14 +236,11 @@ fi
 
 # ---- stop ---------------------------------------------------------------------------
 
-kill -TERM "$pid_b"
-wait "$pid_b"
+ops_stop pid_b
 rc=$?
-pid_b=""
 [ $rc -eq 0 ] && pass "surviving instance exits 0 on SIGTERM" || fail "surviving instance exits 0 on SIGTERM" "exit $rc"
 kill -QUIT "$pid_ng"
 wait "$pid_ng"
 rc=$?
-pid_ng=""
 [ $rc -eq 0 ] && pass "nginx stops" || fail "nginx stops" "exit $rc"
 [ $fails -eq 0 ]

@@ -13,23 +13,9 @@
 #     as a NOTE, not a pass.
 # Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=test/sh/ops-lib/common.sh
+. "$(dirname "$0")/ops-lib/common.sh"
 P=$ROOT/ops/prometheus
-DB=rt_ops_prom_$$
-tmp=$(mktemp -d)
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 # run NAME CMD...: PASS when CMD exits 0, else FAIL with its output.
 run() {
     local name=$1
@@ -48,15 +34,10 @@ run "promtool test rules rtbridge-rules.test.yml" sh -c "cd '$P' && promtool tes
 
 # Python does the structural checks; it prints PASS:/FAIL: lines itself.
 python3 - "$P" "$ROOT/ops/RUNBOOK.md" "$tmp/dash-rules.yml" <<'PY'
-import json, re, sys, yaml
+import json, os, re, sys, yaml
 P, runbook, dash_rules = sys.argv[1:4]
-ok = True
-def res(good, name, *detail):
-    global ok
-    print(("PASS: " if good else "FAIL: ") + name)
-    for d in detail if not good else ():
-        print("    " + str(d))
-    ok = ok and good
+sys.path.insert(0, os.environ["OPS_LIB"])
+from check import done, known_metrics, res, slug
 
 rules = yaml.safe_load(open(P + "/rtbridge-rules.yml"))
 tests = yaml.safe_load(open(P + "/rtbridge-rules.test.yml"))
@@ -74,7 +55,7 @@ try:
     heads = [l.lstrip("#").strip() for l in open(runbook) if l.startswith("#")]
 except OSError:
     heads = []
-slugs = {re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in heads}
+slugs = {slug(h) for h in heads}
 bad = []
 for a in alerts:
     link = a.get("annotations", {}).get("runbook", "")
@@ -83,7 +64,7 @@ for a in alerts:
         bad.append("%s -> %r" % (a["alert"], link))
 res(not bad, "every alert links an existing ops/RUNBOOK.md section", *bad)
 
-known = {l.split()[0]: l.split()[1] for l in open(P + "/metrics.txt") if l.strip() and not l.startswith("#")}
+known = known_metrics(os.environ["OPS_LIB"] + "/../../..")
 def metrics_of(expr):
     out = set()
     for tok in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?=[{\[)\s]|$)", expr):
@@ -107,27 +88,21 @@ res(not ds_bad, "every panel uses the $datasource variable", *ds_bad)
 rec = {"groups": [{"name": "dashboard", "rules": [
     {"record": "dashboard:q%d" % i, "expr": e.replace("$instance", ".*")} for i, (_, e) in enumerate(targets)]}]}
 yaml.safe_dump(rec, open(dash_rules, "w"))
-sys.exit(0 if ok else 1)
+done()
 PY
 [ $? -eq 0 ] || fails=$((fails + 1))
 run "every dashboard query parses (promtool check rules)" promtool check rules "$tmp/dash-rules.yml"
 
 # ---- a live scrape ----------------------------------------------------------------------
 
-psql -q "$BASE" -c "CREATE DATABASE $DB" >/dev/null || { fail "create database"; exit 1; }
-export DATABASE_URL=${BASE%/*}/$DB
-"$BIN" migrate >"$tmp/migrate.log" 2>&1 || fail "migrate" "$(tail -3 "$tmp/migrate.log")"
-port=$(sh "$ROOT/test/pg.sh" freeport)
-"$BIN" serve --listen "127.0.0.1:$port" >"$tmp/serve.log" 2>&1 &
-pid=$!
+ops_db rt_ops_prom_$$ || { fail "create and migrate a database"; exit 1; }
+port=$(ops_freeport)
+pid=""
+ops_serve pid "$port"
 up=0
-for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { up=1; break; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-done
+ops_wait_ready "http://127.0.0.1:$port/readyz" "$pid" && up=1
 if [ $up -eq 0 ]; then
-    fail "server ready" "$(tail -3 "$tmp/serve.log")"
+    fail "server ready" "$(tail -3 "$tmp/pid.log")"
 else
     code=$(curl -s -o "$tmp/metrics" -w '%{http_code}' "http://127.0.0.1:$port/metrics")
     if [ "$code" = 404 ]; then
@@ -145,7 +120,5 @@ else
             fail "every family of metrics.txt is served with its type" "missing:$missing"
     fi
 fi
-kill -TERM "$pid"
-wait "$pid"
-pid=""
+ops_stop pid
 [ $fails -eq 0 ]

@@ -10,14 +10,9 @@
 #     perf/RESULTS.md or the README.
 # Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=test/sh/ops-lib/common.sh
+. "$(dirname "$0")/ops-lib/common.sh"
 RB=$ROOT/ops/RUNBOOK.md
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 
 if sh "$ROOT/ops/gen-runbook.sh" --check "$BIN" >"$tmp/check" 2>&1; then
     pass "RUNBOOK flag table and command list match rtbridge help (ops/gen-runbook.sh --check)"
@@ -48,20 +43,27 @@ done
 [ -z "$missing" ] && pass "every environment variable of rtbridge help is in the runbook" ||
     fail "every environment variable of rtbridge help is in the runbook" "missing:$missing"
 
+# Every --flag the prose names is one of rtbridge's (or pending, see
+# ops/pending-config.txt), apart from other programs' flags and the short
+# spellings `rtbridge etl` takes.
+others="--markdown --previous --batch-size --mode"
+unknown=""
+for f in $(grep -o -- '--[a-z][a-z0-9-]*' "$RB" | sort -u); do
+    case " $others " in *" $f "*) continue ;; esac
+    grep -q -- "^ *\(-h, \)\?$f[ =[]" "$tmp/help" && continue
+    grep -q -- "^$f " "$ROOT/ops/pending-config.txt" && continue
+    unknown="$unknown $f"
+done
+[ -z "$unknown" ] && pass "every flag the runbook names exists in rtbridge help (or ops/pending-config.txt)" ||
+    fail "every flag the runbook names exists in rtbridge help" "unknown:$unknown"
+
 python3 - "$RB" "$ROOT" <<'PY' || fails=$((fails + 1))
-import re, sys
+import os, re, sys
 rb_path, root = sys.argv[1:3]
 text = open(rb_path).read()
-ok = True
-def res(good, name, *detail):
-    global ok
-    print(("PASS: " if good else "FAIL: ") + name)
-    for d in detail if not good else ():
-        print("    " + str(d))
-    ok = ok and good
+sys.path.insert(0, os.environ["OPS_LIB"])
+from check import done, known_metrics, res, slug
 
-def slug(h):
-    return re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-")
 heads = re.findall(r"^(#+) (.+)$", text, re.M)
 slugs = {slug(h) for _, h in heads}
 sections = {h: lvl for lvl, h in heads}
@@ -93,7 +95,7 @@ res(not bad and len(entries) >= len(trouble),
 links = set(re.findall(r"\]\(#([^)]+)\)", text))
 res(not (links - slugs), "links to runbook sections resolve (%d)" % len(links), "unresolved: %s" % sorted(links - slugs))
 
-known = {l.split()[0] for l in open(root + "/ops/prometheus/metrics.txt") if l.strip() and not l.startswith("#")}
+known = set(known_metrics(root))
 used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in
         re.findall(r"\b((?:bridge|realtime|rtbridge|process)_[a-z_]+?(?:_total|_seconds|_bytes|_fds|_connected|_leader|_depth|_active|_intents|_connections|_bucket))\b", text)}
 res(used and not (used - known), "metric names in the runbook are in metrics.txt (%d)" % len(used),
@@ -109,7 +111,7 @@ for l in rows:
 absent = sorted(f for f in figures if f not in sources)
 res(len(figures) > 8 and not absent, "capacity figures come from perf/RESULTS.md or the README (%d)" % len(figures),
     "not found there: %s" % absent)
-sys.exit(0 if ok else 1)
+done()
 PY
 
 [ $fails -eq 0 ]

@@ -10,23 +10,9 @@
 #     which is longer than --shutdown-timeout.
 # Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=test/sh/ops-lib/common.sh
+. "$(dirname "$0")/ops-lib/common.sh"
 UNIT=$ROOT/ops/systemd/rtbridge.service
-DB=rt_ops_systemd_$$
-tmp=$(mktemp -d)
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 # key NAME: the unit's value(s) for NAME, one a line.
 key() { sed -n "s/^$1=//p" "$UNIT"; }
 # seconds DURATION: "30s", "1min", "10s" -> seconds.
@@ -86,9 +72,9 @@ fi
 
 # ---- the unit's commands, run as systemd would -----------------------------------------
 
-psql -q "$BASE" -c "CREATE DATABASE $DB" >/dev/null || { fail "create database"; exit 1; }
-export DATABASE_URL=${BASE%/*}/$DB
-port=$(sh "$ROOT/test/pg.sh" freeport)
+ops_db rt_ops_systemd_$$ || { fail "create and migrate a database"; exit 1; }
+export DATABASE_URL=$URL
+port=$(ops_freeport)
 export RTBRIDGE_LISTEN=127.0.0.1:$port
 pre=$(key ExecStartPre)
 start=$(key ExecStart)
@@ -101,13 +87,8 @@ fi
 # shellcheck disable=SC2086
 ${start//\/usr\/local\/bin\/rtbridge/$BIN} >"$tmp/serve.log" 2>&1 &
 pid=$!
-up=0
-for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { up=1; break; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-done
-[ $up -eq 1 ] && pass "ExecStart: $start (ready)" || fail "ExecStart: $start" "$(tail -3 "$tmp/serve.log")"
+_ops_pids+=("$pid")
+ops_wait_ready "http://127.0.0.1:$port/readyz" "$pid" && pass "ExecStart: $start (ready)" || fail "ExecStart: $start" "$(tail -3 "$tmp/serve.log")"
 MAINPID=$pid
 reload_cmd=${reload//\$MAINPID/$MAINPID}
 # shellcheck disable=SC2086
@@ -126,7 +107,6 @@ t0=$SECONDS
 kill -"$(key KillSignal | sed 's/^SIG//')" "$pid"
 wait "$pid"
 rc=$?
-pid=""
 took=$((SECONDS - t0))
 if [ $rc -eq 0 ] && [ $took -lt "$stop_s" ]; then
     pass "KillSignal stops it: exit 0 in ${took}s (< TimeoutStopSec)"
