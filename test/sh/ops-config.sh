@@ -164,7 +164,14 @@ res(mount and rules_arg == mount[0]["mountPath"] + "/alert-rules.json"
 current = open("ops/k8s/alert-rules.yaml").read()
 res(current == generated_rules, "ops/k8s/alert-rules.yaml matches ops/alert-rules.json",
     "run: sh ops/k8s/gen-alert-rules.sh")
-if not os.path.exists("ops/alert-rules.json"):
+if os.path.exists("ops/alert-rules.json"):
+    data = k8s["ConfigMap"][0][1]["data"]["alert-rules.json"]
+    try:
+        same = json.loads(data) == json.load(open("ops/alert-rules.json"))
+    except ValueError as e:
+        same = False
+    res(same, "the ConfigMap's alert-rules.json is ops/alert-rules.json, as JSON", "run: sh ops/k8s/gen-alert-rules.sh")
+else:
     print("NOTE: ops/alert-rules.json does not exist in this tree yet (issue #7): the ConfigMap holds {}")
 
 # ---- compose -------------------------------------------------------------------------------
