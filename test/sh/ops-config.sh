@@ -168,7 +168,7 @@ if os.path.exists("ops/alert-rules.json"):
     data = k8s["ConfigMap"][0][1]["data"]["alert-rules.json"]
     try:
         same = json.loads(data) == json.load(open("ops/alert-rules.json"))
-    except ValueError as e:
+    except ValueError:
         same = False
     res(same, "the ConfigMap's alert-rules.json is ops/alert-rules.json, as JSON", "run: sh ops/k8s/gen-alert-rules.sh")
 else:
