@@ -19,6 +19,7 @@
 #include "bus.h"
 #include "config.h"
 #include "listener.h"
+#include "reply.h"
 
 #include <stdint.h>
 
@@ -76,6 +77,13 @@ rt_fanout_t *rt_fanout_new(const rt_config_t *cfg, rt_bus_t *bus, rt_listener_t 
 /* Binds every loop's socket, then starts the threads. Returns 0 or a
  * negative errno (bind failures are reported here, before any thread runs). */
 int rt_fanout_start(rt_fanout_t *f);
+/* Routes GET requests for prefix to fn (see reply.h), after the built-in
+ * routes: "/x/" (ending in '/') matches every path under it, any other
+ * prefix (and "/") one exact path. Before rt_fanout_start; at most 8.
+ * Returns 0, -EBUSY (started), -ENOSPC or -EINVAL. Handlers that defer must
+ * have answered every request before rt_fanout_free (after
+ * rt_fanout_shutdown, late answers are dropped). */
+int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, void *ctx);
 /* The port actually bound (useful with port 0). */
 int rt_fanout_port(const rt_fanout_t *f);
 /* Graceful stop: stop accepting, WS close 1001, end SSE streams, let queued

@@ -19,6 +19,7 @@ PACKAGES=(
     node-llhttp libwslay-dev libcurl4-openssl-dev libjwt-dev
     postgresql-15 postgresql-client-15
     python3 procps curl
+    wrk
     # ops/ tests (issue #9): nginx in front of two instances, promtool (in
     # prometheus), yamllint, shellcheck, systemd-analyze (in systemd).
     nginx prometheus yamllint shellcheck systemd
