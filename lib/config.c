@@ -173,6 +173,10 @@ static const opt_t opts[] = {
                  "90d", "daily partitions of audit_logs_ts wholly older than this are dropped"),
     OPT_BOOL("once", "RTBRIDGE_ETL_ONCE", etl_once, "off",
              "etl: load everything pending, print rows loaded and lag, and exit"),
+    /* dashboard page (lib/static.c) */
+    OPT_STRING("web-root", "RTBRIDGE_WEB_ROOT", web_root, NULL, "DIR",
+               "serve the dashboard's files (/ and /static/) from DIR instead of the embedded "
+               "copies, for development"),
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])

@@ -55,6 +55,9 @@ typedef struct rt_config {
     int64_t etl_poll_interval_ms; /* polling/hybrid: period of the journal check */
     int64_t etl_retention_ms;     /* daily partitions older than this are dropped */
     int etl_once;                 /* --once (etl command): catch up, print, exit */
+
+    /* dashboard page */
+    char *web_root;               /* --web-root: serve lib/web from here; NULL: embedded */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,
