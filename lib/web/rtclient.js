@@ -174,7 +174,9 @@ export class RealtimeClient {
     this.state = 'idle';
     this.transport = null;
     this.connectedOnce = false;
-    if (options.autoConnect !== false) this.connect();
+    // Connecting waits for the current task to end, so listeners registered
+    // right after the constructor see the first status too.
+    if (options.autoConnect !== false) queueMicrotask(() => this.connect());
   }
 
   // Registers cb for an event type, 'status', 'resync', 'error' or '*' (every
