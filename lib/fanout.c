@@ -1306,6 +1306,12 @@ static int call_handler(conn_t *c, const handler_t *h, const char *path, const c
     }
     if (qlen) memcpy(query, q, qlen);
     query[qlen] = '\0';
+    char decoded[1024];
+    if (rt_http_path_decode(path, strlen(path), decoded, sizeof decoded) < 0) {
+        respond_error(c, 400, "malformed path", NULL, RT_REFUSE_BAD_REQUEST);
+        return 0;
+    }
+    path = decoded;
     deferred_t *d = calloc(1, sizeof *d);
     if (!d) abort();
     d->loop = c->loop;
