@@ -52,10 +52,12 @@ function seconds(v) {
 function pad2(n) { return String(n).padStart(2, '0'); }
 function clock(d) { return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`; }
 
+// When the server received the event (WebSocket and polling messages carry
+// it, in UTC), else when this page did (SSE carries only the payload, whose
+// database times may lack a zone).
 function eventTime(ev) {
-  const t = ev.timestamp || (ev.data && (ev.data.updated_at || ev.data.created_at || ev.data.timestamp));
-  const d = t ? new Date(t) : null;
-  return d && !Number.isNaN(d.getTime()) ? d : new Date();
+  const d = ev.timestamp ? new Date(ev.timestamp) : null;
+  return d && !Number.isNaN(d.getTime()) ? d : ev.receivedAt || new Date();
 }
 
 function setValue(id, text) {
@@ -299,12 +301,12 @@ function updateFeedCount() {
 function addToFeed(evs) {
   const body = $('feed');
   const frag = document.createDocumentFragment();
-  // Newest on top: build the batch newest first.
-  for (let i = evs.length - 1; i >= 0; i--) {
-    const ev = evs[i];
-    feed.rows.push(ev);
-    if (passes(ev)) frag.append(rowFor(ev, true));
-  }
+  // feed.rows is oldest first, the table newest first.
+  // A burst (a resume after a long absence) can be thousands: only the
+  // newest FEED_MAX can be shown, so only those are built.
+  const first = Math.max(0, evs.length - FEED_MAX);
+  for (let i = first; i < evs.length; i++) feed.rows.push(evs[i]);
+  for (let i = evs.length - 1; i >= first; i--) if (passes(evs[i])) frag.append(rowFor(evs[i], true));
   if (feed.rows.length > FEED_MAX) feed.rows.splice(0, feed.rows.length - FEED_MAX);
   body.prepend(frag);
   while (body.childElementCount > FEED_MAX) body.lastElementChild.remove();
@@ -402,6 +404,7 @@ let pageRate = [];
 function countEvent(ev) {
   feed.received++;
   const now = Date.now();
+  ev.receivedAt = new Date(now);
   bump(received, minuteKey(now));
   if (ev.type === 'intent_update' && ev.data && ev.data.event_type === 'INSERT') bump(created, minuteKey(eventTime(ev).getTime()));
   pageRate.push(now);
