@@ -114,6 +114,26 @@ typedef struct deferred {
     rt_reply_t reply;
 } deferred_t;
 
+/* GET /api/v1/events: a poll waiting for events (long poll), or for its
+ * journal read. */
+typedef struct poll_wait {
+    unsigned type_mask;
+    int64_t after;        /* the client's cursor */
+    size_t limit;         /* events per answer */
+    int64_t wait_ms;      /* long-poll time left to use once the journal answered */
+    uint64_t deadline_ms; /* while waiting: answer empty at this time */
+    int waiting;          /* 1: on the loop, for live events */
+    int keep_alive;
+    int fetching;         /* 1: a journal read runs (poll_fetch_t) */
+    struct poll_fetch *fetch;
+    rt_event_t **evs;     /* live events collected while waiting */
+    size_t n, cap;
+} poll_wait_t;
+
+#define POLL_DEFAULT_LIMIT 100
+#define POLL_MAX_LIMIT 1000
+#define POLL_MAX_WAIT_S 30
+
 #define MAX_HANDLERS 8
 #define MAX_PIPELINED (64 * 1024) /* input kept while a deferred request waits */
 
@@ -136,7 +156,8 @@ struct conn {
     uint64_t last_ping_ms;
     int missed_pongs;
     rt_http_req_t *req; /* only while C_HTTP / C_HTTP_WAIT */
-    deferred_t *deferred; /* while C_HTTP_WAIT */
+    deferred_t *deferred; /* while C_HTTP_WAIT for a handler */
+    struct poll_wait *poll; /* while C_HTTP_WAIT in GET /api/v1/events */
     char *pipelined;      /* input received while C_HTTP_WAIT */
     size_t npipelined;
     rt_ws_t *ws;
@@ -266,6 +287,7 @@ static void conn_linger(conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_flush(conn_t *c);
+static void poll_free(conn_t *c);
 static void ws_take_output(conn_t *c);
 static rt_ws_t *ws_of(conn_t *c);
 
@@ -609,6 +631,7 @@ static void free_conn(conn_t *c)
     }
     if (c->ws) rt_ws_free(c->ws);
     free(c->pipelined);
+    poll_free(c);
     free(c->ids);
     free(c->key);
     free(c);
@@ -626,6 +649,7 @@ static void detach_deferred(conn_t *c)
         c->deferred->conn = NULL;
         c->deferred = NULL;
     }
+    poll_free(c);
 }
 
 static void conn_close(conn_t *c)
@@ -783,9 +807,11 @@ static void send_resync(conn_t *c, int64_t last_id, const char *reason)
 
 static _Thread_local PGconn *tl_pg;
 
-static void resume_work(uv_work_t *w)
+/* Reads journal rows after `after` on this pool thread's connection
+ * (reconnecting once). Returns 0 or -1. */
+static int journal_read(int64_t after, size_t limit, rt_event_t ***evs, size_t *n,
+                        int64_t *pruned_through)
 {
-    resume_req_t *r = w->data;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!tl_pg || PQstatus(tl_pg) != CONNECTION_OK) {
             if (tl_pg) PQfinish(tl_pg);
@@ -797,11 +823,16 @@ static void resume_work(uv_work_t *w)
                 continue;
             }
         }
-        if (rt_journal_fetch_after(tl_pg, r->after, RESUME_LIMIT + 1, &r->evs, &r->n,
-                                   &r->pruned_through) == 0)
-            return;
+        if (rt_journal_fetch_after(tl_pg, after, limit, evs, n, pruned_through) == 0) return 0;
     }
-    r->failed = 1;
+    return -1;
+}
+
+static void resume_work(uv_work_t *w)
+{
+    resume_req_t *r = w->data;
+    r->failed =
+        journal_read(r->after, RESUME_LIMIT + 1, &r->evs, &r->n, &r->pruned_through) < 0;
 }
 
 #define PEND_MAX_MS 30000
@@ -1238,6 +1269,32 @@ static void deferred_done(void *arg, rt_reply_t *reply)
 
 static void on_http_data(conn_t *c, const char *data, size_t len);
 
+/* The request is answered later: keep what followed it for then. */
+static void wait_begin(conn_t *c, const char *rest, size_t rest_len)
+{
+    c->state = C_HTTP_WAIT;
+    if (rest_len) {
+        c->pipelined = malloc(rest_len);
+        if (!c->pipelined) abort();
+        memcpy(c->pipelined, rest, rest_len);
+        c->npipelined = rest_len;
+    }
+}
+
+/* The late answer is queued and the connection stays: parse what came
+ * meanwhile (state is C_HTTP again). */
+static void wait_end(conn_t *c)
+{
+    rt_http_req_reset(c->req);
+    c->since_ms = now_ms();
+    char *p = c->pipelined;
+    size_t n = c->npipelined;
+    c->pipelined = NULL;
+    c->npipelined = 0;
+    if (p) on_http_data(c, p, n);
+    free(p);
+}
+
 /* Writes the replies handlers have finished, in the order they finished. */
 static void run_deferred(loop_t *l)
 {
@@ -1259,16 +1316,7 @@ static void run_deferred(loop_t *l)
             c->deferred = NULL;
             c->state = C_HTTP;
             write_reply(c, &d->reply, keep_alive);
-            if (keep_alive) {
-                rt_http_req_reset(c->req);
-                c->since_ms = now_ms();
-                char *p = c->pipelined;
-                size_t n = c->npipelined;
-                c->pipelined = NULL;
-                c->npipelined = 0;
-                if (p) on_http_data(c, p, n);
-                free(p);
-            }
+            if (keep_alive) wait_end(c);
         }
         reply_free(&d->reply);
         free(d);
@@ -1322,13 +1370,7 @@ static int call_handler(conn_t *c, const handler_t *h, const char *path, const c
     rt_handle_result_t res = h->fn(h->ctx, path, query, &r, deferred_done, d);
     if (res == RT_HANDLE_LATER) {
         c->deferred = d;
-        c->state = C_HTTP_WAIT;
-        if (rest_len) {
-            c->pipelined = malloc(rest_len);
-            if (!c->pipelined) abort();
-            memcpy(c->pipelined, rest, rest_len);
-            c->npipelined = rest_len;
-        }
+        wait_begin(c, rest, rest_len);
         return 0;
     }
     free(d);
@@ -1367,7 +1409,8 @@ int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, 
     return 0;
 }
 
-/* Which route a path names; -1 for health paths (handled apart), -2 unknown. */
+/* Which route a path names; -1 for health paths (handled apart), -3 the
+ * polling endpoint, -2 unknown. */
 static int route_of(const char *path, const char **intent_id)
 {
     static const char sse_intent[] = "/events/intents/";
@@ -1383,6 +1426,7 @@ static int route_of(const char *path, const char **intent_id)
     if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
         strcmp(path, "/health/realtime") == 0)
         return -1;
+    if (strcmp(path, "/api/v1/events") == 0) return -3;
     return -2;
 }
 
@@ -1395,6 +1439,20 @@ static const char *request_token(conn_t *c, char *buf, size_t cap)
     const char *q = rt_http_req_query(c->req, &qlen);
     if (rt_http_query_get(q, qlen, "access_token", 0, buf, cap) > 0) return buf;
     return NULL;
+}
+
+/* A plain HTTP request (SSE, polling) without a valid token, when tokens are
+ * required: answers 401 and returns 1. */
+static int refuse_unauthorized(conn_t *c)
+{
+    rt_fanout_t *f = c->loop->f;
+    if (!rt_auth_enabled(&f->auth)) return 0;
+    char tokbuf[4096];
+    const char *tok = request_token(c, tokbuf, sizeof tokbuf);
+    const char *why;
+    if (rt_auth_check(&f->auth, tok, &why) == 0) return 0;
+    respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
+    return 1;
 }
 
 static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len)
@@ -1493,18 +1551,9 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
 
 static void start_sse(conn_t *c, route_t route, const char *intent_id)
 {
-    rt_fanout_t *f = c->loop->f;
     size_t qlen;
     const char *q = rt_http_req_query(c->req, &qlen);
-    if (rt_auth_enabled(&f->auth)) {
-        char tokbuf[4096];
-        const char *tok = request_token(c, tokbuf, sizeof tokbuf);
-        const char *why;
-        if (rt_auth_check(&f->auth, tok, &why) < 0) {
-            respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
-            return;
-        }
-    }
+    if (refuse_unauthorized(c)) return;
     c->route = route;
     if (route == ROUTE_SSE_INTENT) {
         c->type_mask = 1u << RT_EV_INTENT_UPDATE;
@@ -1555,6 +1604,271 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
     if (last >= 0) start_resume(c, last);
 }
 
+/* ---- GET /api/v1/events: polling and long polling (the fallback transport) ---------- */
+
+/* A journal read for a poll whose cursor is not in the window; like
+ * resume_req_t, dropped if the connection closes first. */
+typedef struct poll_fetch {
+    conn_t *conn;
+    uv_work_t work;
+    int64_t after;
+    size_t limit;
+    rt_event_t **evs;
+    size_t n;
+    int64_t pruned_through;
+    int failed;
+} poll_fetch_t;
+
+static void poll_free(conn_t *c)
+{
+    poll_wait_t *p = c->poll;
+    if (!p) return;
+    if (p->fetch) p->fetch->conn = NULL; /* its completion frees it */
+    for (size_t i = 0; i < p->n; i++) rt_event_unref(p->evs[i]);
+    free(p->evs);
+    free(p);
+    c->poll = NULL;
+}
+
+static void poll_bad(conn_t *c, const char *param, const char *msg)
+{
+    STAT_ADD(c->loop, refused[RT_REFUSE_BAD_REQUEST], 1);
+    json_t *j = json_pack("{s:s, s:s, s:i}", "error", msg, "parameter", param, "status", 400);
+    char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    respond(c, 400, body, "Cache-Control: no-store\r\n", 0);
+    free(body);
+}
+
+/* Answers a poll: evs[0..n) (those matching), the cursor to continue from,
+ * and the resync marker when the client must reload its state. Leaves the
+ * connection in C_HTTP (keep-alive) or closing. */
+static void poll_answer(conn_t *c, rt_event_t *const *evs, size_t n, int64_t last_id,
+                        const char *resync)
+{
+    poll_wait_t *p = c->poll;
+    size_t cap = 64;
+    for (size_t i = 0; i < n; i++) cap += evs[i]->msg_len + 1;
+    char *body = malloc(cap + 160);
+    if (!body) abort();
+    size_t len = (size_t)sprintf(body, "{\"events\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i) body[len++] = ',';
+        memcpy(body + len, evs[i]->msg, evs[i]->msg_len);
+        len += evs[i]->msg_len;
+    }
+    len += (size_t)sprintf(body + len, "],\"last_id\":%" PRId64, last_id);
+    if (resync) len += (size_t)sprintf(body + len, ",\"resync\":true,\"reason\":\"%s\"", resync);
+    body[len++] = '}';
+    body[len] = '\0';
+    int keep_alive = p->keep_alive && !c->loop->stopping;
+    poll_free(c);
+    c->state = C_HTTP;
+    respond(c, 200, body, "Cache-Control: no-store\r\n", keep_alive);
+    free(body);
+    if (keep_alive) wait_end(c);
+}
+
+/* Waits on the loop for live events, until the deadline. */
+static void poll_wait_live(conn_t *c)
+{
+    poll_wait_t *p = c->poll;
+    p->waiting = 1;
+    p->deadline_ms = now_ms() + (uint64_t)p->wait_ms;
+}
+
+/* Answers from the window if the cursor is in it: the journaled events
+ * after its position (commit order, exact), at most limit matching ones.
+ * Returns 0 if the cursor is not in the window. */
+static int poll_from_window(conn_t *c)
+{
+    poll_wait_t *p = c->poll;
+    rt_window_t *w = &c->loop->window;
+    long pos = rt_window_find(w, p->after);
+    if (pos < 0) return 0;
+    rt_event_t *out[POLL_MAX_LIMIT];
+    size_t n = 0;
+    int64_t last = p->after;
+    for (size_t i = (size_t)pos + 1; i < w->count && n < p->limit; i++) {
+        rt_event_t *ev = rt_window_at(w, i);
+        if (ev->seq <= 0) continue; /* not journaled: only live (no cursor) */
+        last = ev->seq;
+        if (p->type_mask & (1u << ev->type)) out[n++] = ev;
+    }
+    if (n > 0 || p->wait_ms == 0) {
+        poll_answer(c, out, n, last, NULL);
+        return 1;
+    }
+    p->after = last;
+    poll_wait_live(c);
+    return 1;
+}
+
+static void poll_fetch_work(uv_work_t *w);
+static void poll_fetch_done(uv_work_t *w, int status);
+
+static void poll_start_fetch(conn_t *c)
+{
+    poll_wait_t *p = c->poll;
+    poll_fetch_t *f = calloc(1, sizeof *f);
+    if (!f) abort();
+    f->conn = c;
+    f->after = p->after;
+    f->limit = p->limit;
+    f->work.data = f;
+    p->fetch = f;
+    if (uv_queue_work(&c->loop->uv, &f->work, poll_fetch_work, poll_fetch_done) != 0) {
+        p->fetch = NULL;
+        free(f);
+        poll_answer(c, NULL, 0, p->after, "journal unavailable");
+    }
+}
+
+static void poll_fetch_work(uv_work_t *w)
+{
+    poll_fetch_t *f = w->data;
+    f->failed = journal_read(f->after, f->limit + 1, &f->evs, &f->n, &f->pruned_through) < 0;
+}
+
+static void poll_fetch_done(uv_work_t *w, int status)
+{
+    poll_fetch_t *f = w->data;
+    conn_t *c = f->conn;
+    if (c && c->poll) {
+        poll_wait_t *p = c->poll;
+        p->fetch = NULL;
+        if (status != 0 || f->failed) {
+            poll_answer(c, NULL, 0, p->after, "journal unavailable");
+        } else if (f->pruned_through > f->after) {
+            poll_answer(c, NULL, 0, f->pruned_through, "past retention");
+        } else {
+            rt_event_t *out[POLL_MAX_LIMIT];
+            size_t n = 0, examined = 0;
+            int64_t last = p->after;
+            for (; examined < f->n && n < p->limit; examined++) {
+                rt_event_t *ev = f->evs[examined];
+                last = ev->seq;
+                if (p->type_mask & (1u << ev->type)) out[n++] = ev;
+            }
+            if (n > 0 || p->wait_ms == 0 || examined < f->n) {
+                poll_answer(c, out, n, last, NULL);
+            } else {
+                /* Nothing yet: events from now on come through the loop.
+                 * The cursor may have reached the window meanwhile. */
+                p->after = last;
+                if (!poll_from_window(c)) poll_wait_live(c);
+            }
+        }
+        flush_dirty(c->loop);
+    }
+    for (size_t i = 0; i < f->n; i++) rt_event_unref(f->evs[i]);
+    free(f->evs);
+    free(f);
+}
+
+/* A live event for the waiting polls of this loop. */
+static void poll_offer(conn_t *c, rt_event_t *ev)
+{
+    poll_wait_t *p = c->poll;
+    if (!p->waiting || !(p->type_mask & (1u << ev->type)) || p->n >= p->limit) return;
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 16;
+        p->evs = realloc(p->evs, p->cap * sizeof *p->evs);
+        if (!p->evs) abort();
+    }
+    p->evs[p->n++] = rt_event_ref(ev);
+}
+
+/* After a batch of live events: answers the polls that got some; on a tick,
+ * also those whose time is up. */
+static void poll_settle(loop_t *l, int tick)
+{
+    uint64_t now = tick ? now_ms() : 0;
+    for (conn_t *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        poll_wait_t *p = c->poll;
+        if (c->state != C_HTTP_WAIT || !p || !p->waiting) continue;
+        if (p->n > 0) {
+            int64_t last = p->after;
+            for (size_t i = 0; i < p->n; i++)
+                if (p->evs[i]->seq > 0) last = p->evs[i]->seq;
+            /* The answer copies the messages; poll_answer frees p. */
+            poll_answer(c, p->evs, p->n, last, NULL);
+        } else if (tick && now >= p->deadline_ms) {
+            poll_answer(c, NULL, 0, p->after, NULL);
+        }
+    }
+}
+
+/* GET /api/v1/events?after=SEQ&limit=N&types=a,b&wait=S. Returns 1 if the
+ * connection stays in HTTP and rest should be parsed now. */
+static int start_poll(conn_t *c, const char *rest, size_t rest_len, int keep_alive)
+{
+    rt_fanout_t *f = c->loop->f;
+    if (refuse_unauthorized(c)) return 0;
+    size_t qlen;
+    const char *q = rt_http_req_query(c->req, &qlen);
+    char val[64];
+    int64_t after = -1, limit = POLL_DEFAULT_LIMIT, wait_s = 0;
+    int n = rt_http_query_get(q, qlen, "after", 0, val, sizeof val);
+    if (n >= 0 && parse_last_id(val, &after) <= 0) {
+        poll_bad(c, "after", "after must be a non-negative integer (an event id)");
+        return 0;
+    }
+    if (n == -2) {
+        poll_bad(c, "after", "after must be a non-negative integer (an event id)");
+        return 0;
+    }
+    n = rt_http_query_get(q, qlen, "limit", 0, val, sizeof val);
+    if (n != -1 && (n < 0 || parse_last_id(val, &limit) <= 0 || limit < 1 ||
+                    limit > POLL_MAX_LIMIT)) {
+        poll_bad(c, "limit", "limit must be an integer from 1 to 1000");
+        return 0;
+    }
+    n = rt_http_query_get(q, qlen, "wait", 0, val, sizeof val);
+    if (n != -1 && (n < 0 || parse_last_id(val, &wait_s) <= 0 || wait_s > POLL_MAX_WAIT_S)) {
+        poll_bad(c, "wait", "wait must be an integer number of seconds from 0 to 30");
+        return 0;
+    }
+    unsigned mask;
+    char bad[64];
+    if (parse_types(q, qlen, &mask, bad, sizeof bad) < 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "unknown event type in types: %s", bad);
+        poll_bad(c, "types", msg);
+        return 0;
+    }
+    poll_wait_t *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->type_mask = mask;
+    p->limit = (size_t)limit;
+    p->wait_ms = wait_s * 1000;
+    p->keep_alive = keep_alive;
+    c->poll = p;
+    wait_begin(c, rest, rest_len);
+    rt_listener_stats_t *ls = f->listener ? rt_listener_stats(f->listener) : NULL;
+    if (after < 0) {
+        /* No cursor: from now on. The cursor to continue from is the newest
+         * event this loop has seen. */
+        rt_window_t *w = &c->loop->window;
+        p->after = 0;
+        for (size_t i = w->count; i-- > 0;)
+            if (rt_window_at(w, i)->seq > 0) {
+                p->after = rt_window_at(w, i)->seq;
+                break;
+            }
+        if (p->after == 0 && ls) p->after = atomic_load(&ls->last_seq);
+        if (p->wait_ms == 0)
+            poll_answer(c, NULL, 0, p->after, NULL);
+        else
+            poll_wait_live(c);
+        return 0;
+    }
+    p->after = after;
+    if (!poll_from_window(c)) poll_start_fetch(c);
+    return 0;
+}
+
 /* Handles the complete request in c->req. rest: bytes after it. Returns 1 if
  * the connection stays in HTTP (keep-alive) and rest should be parsed as the
  * next request. */
@@ -1594,6 +1908,7 @@ static int handle_request(conn_t *c, const char *rest, size_t rest_len)
         return keep_alive;
     }
     if (h) return call_handler(c, h, path, rest, rest_len, keep_alive);
+    if (route == -3) return start_poll(c, rest, rest_len, keep_alive);
     if (route == ROUTE_WS_INTENTS || route == ROUTE_WS_DASHBOARD) {
         start_ws(c, (route_t)route, rest, rest_len);
         return 0;
@@ -1750,6 +2065,7 @@ static void on_wake(uv_async_t *h)
             rt_event_t *ev = evs[i];
             rt_window_push(&l->window, ev);
             for (conn_t *c = l->conns; c; c = c->next) {
+                if (c->poll) poll_offer(c, ev);
                 if ((c->state != C_WS && c->state != C_SSE) || !matches(c, ev)) continue;
                 if (already_replayed(c, ev)) continue;
                 if (c->resume || c->rp) {
@@ -1771,6 +2087,8 @@ static void on_wake(uv_async_t *h)
         flush_dirty(l);
         if (n < DRAIN_BATCH) break;
     }
+    poll_settle(l, 0);
+    flush_dirty(l);
 }
 
 static const char keepalive_comment[] = ": keepalive\n\n";
@@ -1825,6 +2143,7 @@ static void on_tick(uv_timer_t *t)
             break; /* the handler answers (or the shutdown does) */
         }
     }
+    poll_settle(l, 1);
     flush_dirty(l);
 }
 
