@@ -93,7 +93,9 @@ export class EventGate {
 
   // ev: {type, id, data, timestamp}. Returns true if it is to be delivered.
   accept(ev) {
-    if (typeof ev.id !== 'number' || !Number.isFinite(ev.id)) return true; // not journalled
+    // Events that are not journaled (stats_updated, alerts) carry id 0 (or
+    // none): each is new, and none is a position to resume from.
+    if (typeof ev.id !== 'number' || !Number.isFinite(ev.id) || ev.id <= 0) return true;
     if (ev.id <= this.floor || this.seen.has(ev.id)) {
       this.duplicates++;
       return false;
@@ -396,9 +398,18 @@ export class RealtimeClient {
           if (m.type === 'resync') { h.resync({ ...m, last_id: body.last_id }); continue; }
           if (typeof m.id === 'number') h.message({ type: m.type, id: m.id, data: m.data, timestamp: m.timestamp ?? null });
         }
-        if (body.resync && !body.events.some((m) => m && m.type === 'resync')) h.resync({ ...body, type: 'resync' });
+        const from = cursor;
         if (typeof body.last_id === 'number') cursor = body.last_id;
         else if (this.gate.lastId !== null) cursor = this.gate.lastId;
+        if (body.resync && !body.events.some((m) => m && m.type === 'resync')) {
+          h.resync({ type: 'resync', reason: body.reason, last_id: body.last_id });
+          // A resync that does not move the cursor ("journal unavailable")
+          // would come back at once: back off like any failure.
+          if (cursor === from) {
+            h.error(`polling: ${body.reason || 'resync'}`);
+            return;
+          }
+        }
       }
     };
     loop();

@@ -128,6 +128,10 @@ test('EventGate delivers each id once, in any order, and tracks the last id rece
   assert.equal(g.lastId, 4);
   // Control messages without an id always pass.
   assert.equal(g.accept({ type: 'x', id: null }), true);
+  // Events that are not journaled carry id 0: every one passes, none moves lastId.
+  assert.equal(g.accept({ type: 'stats_updated', id: 0 }), true);
+  assert.equal(g.accept({ type: 'stats_updated', id: 0 }), true);
+  assert.equal(g.lastId, 4);
 });
 
 test('EventGate: ids older than the window are rejected, not re-delivered', () => {
@@ -237,6 +241,7 @@ test('WebSocket: token as the first message, open only once authenticated; resum
   assert.equal(t.statuses.at(-1).state, 'open');
   w.msg({ type: 'intent_update', id: 3, data: { intent_id: 'a' }, timestamp: 'T' });
   w.msg({ type: 'pong' });
+  w.msg({ type: 'stats_updated', id: 0, data: { total_intents: 1 }, timestamp: 'T' });
   w.msg({ type: 'intent_update', id: 3, data: { intent_id: 'a' }, timestamp: 'T' });
   w.onclose({ code: 1001 });
   t.timers.fire();
@@ -246,7 +251,7 @@ test('WebSocket: token as the first message, open only once authenticated; resum
   t.ws[1].msg({ type: 'resync', last_event_id: 3, reason: 'past retention' });
   assert.equal(t.resyncs.length, 1);
   assert.equal(t.resyncs[0].reason, 'past retention');
-  assert.deepEqual(t.got, [3]);
+  assert.deepEqual(t.got, [3, 0]);
   t.c.close();
 });
 
@@ -273,10 +278,11 @@ test('polling: Authorization header, cursor from last_id, long-poll wait, no dup
   assert.match(t.polls[2].url, /after=42/);
   t.polls[2].resolve(200, { events: [ev(42), ev(43)], last_id: 43 });
   await flush();
-  t.polls[3].resolve(200, { events: [{ type: 'resync', last_event_id: 43, reason: 'past retention' }], last_id: 90 });
+  t.polls[3].resolve(200, { events: [], last_id: 90, resync: true, reason: 'past retention' });
   await flush();
   assert.deepEqual(t.got, [41, 42, 43]);
   assert.equal(t.resyncs.length, 1);
+  assert.equal(t.resyncs[0].reason, 'past retention');
   assert.match(t.polls[4].url, /after=90/);
   // A failing request: backoff, then the next poll resumes from the cursor.
   t.polls[4].reject(new Error('network down'));
@@ -284,6 +290,13 @@ test('polling: Authorization header, cursor from last_id, long-poll wait, no dup
   assert.equal(t.statuses.at(-1).state, 'reconnecting');
   t.timers.fire();
   assert.match(t.polls[5].url, /after=90/);
+  // The journal unavailable: a resync that does not move the cursor is
+  // retried after a backoff, not at once.
+  t.polls[5].resolve(200, { events: [], last_id: 90, resync: true, reason: 'journal unavailable' });
+  await flush();
+  assert.equal(t.resyncs.length, 2);
+  assert.equal(t.polls.length, 6);
+  assert.equal(t.statuses.at(-1).state, 'reconnecting');
   t.c.close();
 });
 
