@@ -167,6 +167,8 @@ static const opt_case_t cases[] = {
     {"--etl-retention", "RTBRIDGE_ETL_RETENTION", K_I64, OFF(etl_retention_ms), "30d", "1d",
      30 * 86400000LL, 86400000LL},
     {"--once", "RTBRIDGE_ETL_ONCE", K_BOOL, OFF(etl_once), "true", "0", 1, 0},
+    /* dashboard page */
+    {"--web-root", "RTBRIDGE_WEB_ROOT", K_STR, OFF(web_root), "lib/web", "/srv/web", 0, 0},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
