@@ -8,7 +8,8 @@
 // polling) receives events and, across a server restart with rows committed
 // while it is down, shows every event exactly once; blocking SSE falls back
 // to WebSocket, blocking both to polling; an alert_firing event shows a toast
-// coloured by severity, and its resolution another. A screenshot of the
+// coloured by severity, and its resolution another; stats_updated fills the
+// overview; filter, pause and resume work. A screenshot of the
 // filled page goes to test/artifacts/dashboard.png.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,8 +24,8 @@ const { chromium } = require('playwright-core');
 
 const CHROMIUM = process.env.RT_CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = fileURLToPath(new URL('../artifacts/', import.meta.url));
-const ALERT_CHANNEL = 'rt_test_alerts';
-const CHANNELS = `intent_changed,audit_log_created,${ALERT_CHANNEL}`;
+const TEST_CHANNEL = 'rt_test_crafted'; // crafted alert and stats events
+const CHANNELS = `intent_changed,audit_log_created,${TEST_CHANNEL}`;
 
 let db;
 let srv;
@@ -166,6 +167,9 @@ for (const transport of ['sse', 'ws', 'poll']) {
         await waitForIds(p.page, await seqsOf(before1));
         let during = [];
         await restartServer(async () => {
+          // The indicator shows the outage and the countdown to the next try.
+          await p.page.waitForSelector(`#conn[data-state="reconnecting"][data-transport="${transport}"]`, { timeout: 5000 });
+          assert.match(await p.page.textContent('#conn-text'), /^reconnecting in \d+ s$/);
           during = await insertIntents(db, 4);
           await db.sql(`UPDATE intents SET status = 'completed' WHERE id = ANY($1)`, [during.slice(0, 2)]);
         });
@@ -219,7 +223,7 @@ test('alert_firing shows a toast coloured by severity; alert_resolved another', 
     // A crafted alert on a channel this server LISTENs on (--channels): the
     // listener takes its type from the payload. Its seq is far above the
     // journal's, so it cannot collide with a real event.
-    const alert = (type, seq, severity) => db.sql('SELECT pg_notify($1, $2)', [ALERT_CHANNEL, JSON.stringify({
+    const alert = (type, seq, severity) => db.sql('SELECT pg_notify($1, $2)', [TEST_CHANNEL, JSON.stringify({
       type, seq, rule: 'high_error_rate', severity, message: 'error rate above 5 % for 10 minutes',
       value: 0.07, threshold: 0.05, state: type === 'alert_firing' ? 'firing' : 'resolved',
     })]);
@@ -233,6 +237,37 @@ test('alert_firing shows a toast coloured by severity; alert_resolved another', 
     const done = await p.page.waitForSelector('.toast[data-type="alert_resolved"]', { timeout: 2000 });
     assert.equal(await done.evaluate((e) => getComputedStyle(e).borderLeftColor), 'rgb(63, 185, 80)', 'resolved is green');
     assert.equal(await p.page.locator('#feed tr[data-type^="alert_"]').count(), 2, 'alerts are in the feed too');
+  } finally {
+    await p.close();
+  }
+});
+
+test('stats_updated fills the overview numbers and the status distribution', { timeout: 30000 }, async () => {
+  const p = await openPage('/');
+  try {
+    await waitLive(p.page, 'sse');
+    const overview = {
+      total_intents: 1234, status_distribution: { completed: 800, pending: 300, failed: 134 },
+      recent_activity: { last_hour: 45, last_24h: 523, last_7d: 1234 }, correction_rate: 0.08,
+      avg_processing_time_ms: 1523, active_websockets: 12, active_sse: 3, events_per_second: 4.5,
+      etl_lag_seconds: 0.25,
+    };
+    await db.sql('SELECT pg_notify($1, $2)', [TEST_CHANNEL, JSON.stringify({ type: 'stats_updated', seq: 900000000101, ...overview })]);
+    await waitUntil(async () => (await p.page.textContent('#ov-total')) === '1,234', 2000, 'the total');
+    const text = async (sel) => (await p.page.textContent(sel)).trim();
+    assert.equal(await text('#ov-hour'), '45');
+    assert.equal(await text('#ov-hour-sub'), '24 h: 523 · 7 d: 1,234');
+    assert.equal(await text('#ov-eps'), '4.5');
+    assert.equal(await text('#ov-conns'), '15');
+    assert.equal(await text('#ov-conns-sub'), 'WebSocket 12 · SSE 3');
+    assert.equal(await text('#ov-lag'), '250 ms');
+    assert.equal(await text('#ov-proc'), '1,523 ms');
+    assert.equal(await text('#ov-proc-sub'), 'corrections: 8.0 %');
+    const legend = await p.page.$$eval('#status-legend li', (li) => li.map((x) => x.textContent));
+    assert.deepEqual(legend, ['completed80064.8%', 'pending30024.3%', 'failed13410.9%']);
+    assert.equal(await p.page.locator('#status-bar span').count(), 3);
+    // Numbers are not feed rows.
+    assert.equal(await p.page.locator('#feed tr[data-type="stats_updated"]').count(), 0);
   } finally {
     await p.close();
   }
