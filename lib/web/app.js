@@ -71,10 +71,11 @@ function setValue(id, text) {
 
 // ---- overview -----------------------------------------------------------------------
 
-const overview = { available: null, data: null };
+const overview = { available: null, missing: false, data: null };
 
 function renderOverview(o) {
   overview.data = o;
+  $('ov-note').hidden = true;
   setValue('ov-total', num(o.total_intents));
   const ra = o.recent_activity || {};
   setValue('ov-hour', num(ra.last_hour));
@@ -129,14 +130,19 @@ async function fetchJson(path) {
   return r.json();
 }
 
-async function loadOverview() {
+async function loadOverview({ periodic = false } = {}) {
+  // A server without the dashboard API says so once; stats_updated events
+  // fill in from then on, so the page does not keep asking (each 404 is a
+  // console line).
+  if (periodic && overview.missing) return;
   try {
     const o = await fetchJson('/api/v1/dashboard/overview');
     overview.available = true;
-    $('ov-note').hidden = true;
+    overview.missing = false;
     renderOverview(o);
   } catch (e) {
-    if (overview.available !== true) {
+    overview.missing = e.status === 404;
+    if (overview.available !== true && !overview.data) {
       overview.available = false;
       const note = $('ov-note');
       note.hidden = false;
@@ -453,7 +459,7 @@ function start() {
   updateFeedCount();
   loadOverview();
   loadTimeline();
-  setInterval(loadOverview, OVERVIEW_REFRESH_MS);
+  setInterval(() => loadOverview({ periodic: true }), OVERVIEW_REFRESH_MS);
   setInterval(() => { tickRate(); scheduleChart(); }, 1000);
 }
 
