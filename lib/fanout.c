@@ -30,15 +30,9 @@
  */
 #include "fanout.h"
 
-#include "auth.h"
-#include "event.h"
-#include "http.h"
-#include "iplimit.h"
+#include "fanout_int.h"
 #include "journal.h"
 #include "log.h"
-#include "seqset.h"
-#include "window.h"
-#include "ws.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,213 +50,9 @@
 #include <uv.h>
 
 #define COMP "fanout"
-#define MAX_IOV 64
-#define DRAIN_BATCH 1024
-#define FLUSH_EVERY 32 /* events per coalesced write, at most */
-#define READ_BUF (64 * 1024)
-#define AUTH_TIMEOUT_MS 5000
-#define CLOSE_GRACE_MS 2000
-#define RESUME_LIMIT 100000
-#define MAX_POST_BODY 0
-
-/* ---- types ----------------------------------------------------------------------- */
-
-typedef struct loop loop_t;
-typedef struct conn conn_t;
-
-/* C_HTTP_WAIT: a request handed to a handler outside the fan-out (reply.h)
- * is being answered; input that arrives meanwhile is kept for afterwards. */
-typedef enum { C_HTTP, C_HTTP_WAIT, C_WS_AUTH, C_WS, C_SSE, C_CLOSING } conn_state_t;
-
-/* One entry of a connection's output queue: an event (its WS frame or SSE
- * chunk, depending on the connection) or a buffer we own (or a static one). */
-typedef struct qitem {
-    rt_event_t *ev;
-    char *buf;
-    uint32_t len;
-    uint8_t owned;
-} qitem_t;
-
-typedef enum {
-    ROUTE_WS_INTENTS,
-    ROUTE_WS_DASHBOARD,
-    ROUTE_SSE_INTENT,
-    ROUTE_SSE_AUDIT,
-    ROUTE_SSE_STREAM,
-} route_t;
-
-/* A journal read for a resuming client, on the libuv thread pool. If the
- * connection closes first, conn is cleared and the result is dropped. */
-typedef struct resume_req {
-    struct conn *conn;
-    uv_work_t work;
-    int64_t after;
-    rt_event_t **evs;
-    size_t n;
-    int64_t pruned_through;
-    int failed;
-} resume_req_t;
-
-/* A request answered later by a handler (RT_HANDLE_LATER). Owned by the
- * handler until done() queues it on its loop; conn is cleared (on the loop
- * thread) if the connection closes first, and the reply is then dropped. */
-typedef struct deferred {
-    struct deferred *next;
-    loop_t *loop;
-    struct conn *conn;
-    int keep_alive;
-    rt_reply_t reply;
-} deferred_t;
-
-/* GET /api/v1/events: a poll waiting for events (long poll), or for its
- * journal read. */
-typedef struct poll_wait {
-    unsigned type_mask;
-    int64_t after;        /* the client's cursor */
-    size_t limit;         /* events per answer */
-    int64_t wait_ms;      /* long-poll time left to use once the journal answered */
-    uint64_t deadline_ms; /* while waiting: answer empty at this time */
-    int waiting;          /* 1: on the loop, for live events */
-    int keep_alive;
-    int fetching;         /* 1: a journal read runs (poll_fetch_t) */
-    struct poll_fetch *fetch;
-    rt_event_t **evs;     /* live events collected while waiting */
-    size_t n, cap;
-} poll_wait_t;
-
-#define POLL_DEFAULT_LIMIT 100
-#define POLL_MAX_LIMIT 1000
-#define POLL_MAX_WAIT_S 30
-
-#define MAX_HANDLERS 8
-#define MAX_PIPELINED (64 * 1024) /* input kept while a deferred request waits */
-
-typedef struct handler {
-    char prefix[64]; /* ending in '/': a prefix; otherwise the exact path */
-    rt_handler_fn fn;
-    void *ctx;
-} handler_t;
-
-struct conn {
-    uv_tcp_t tcp;
-    loop_t *loop;
-    conn_t *prev, *next;
-    conn_state_t state;
-    int transport; /* counted in active[]; -1 while none */
-    unsigned char addr[16];
-    int ip_counted;
-    uint64_t since_ms;      /* accepted, or entered the current state */
-    uint64_t last_write_ms; /* for SSE keep-alive */
-    uint64_t last_ping_ms;
-    int missed_pongs;
-    rt_http_req_t *req; /* only while C_HTTP / C_HTTP_WAIT */
-    deferred_t *deferred; /* while C_HTTP_WAIT for a handler */
-    struct poll_wait *poll; /* while C_HTTP_WAIT in GET /api/v1/events */
-    char *pipelined;      /* input received while C_HTTP_WAIT */
-    size_t npipelined;
-    rt_ws_t *ws;
-
-    /* filters */
-    route_t route;
-    unsigned type_mask;
-    int all_ids;
-    int nids;
-    char (*ids)[RT_WS_MAX_ID_LEN];
-    char *key; /* SSE per-intent stream */
-
-    /* output */
-    qitem_t *q;
-    size_t qcap, qhead, qcount;
-    size_t queued_bytes; /* bytes of queued items not yet taken by the kernel */
-    size_t qoff;         /* bytes of the head item already written */
-    uv_write_t wreq;
-    int writing;
-    size_t inflight;
-    int close_after_flush;
-    int shut; /* our side is shut down (FIN sent): waiting for the peer's */
-    uv_shutdown_t sreq;
-    int dirty;
-
-    /* resume */
-    int64_t pending_resume; /* WS with auth pending: resume once authed; -1 none */
-    resume_req_t *resume;
-    rt_event_t **held;   /* live events that arrived during a resume */
-    size_t nheld, capheld;
-    /* A replay in progress: events (one reference each) fed to the queue as
-     * it drains, so a long resume is paced by the socket instead of landing
-     * in the queue at once (and tripping the slow-consumer bound). */
-    rt_event_t **rp;
-    size_t rp_n, rp_pos;
-    rt_seqset_t rp_seqs; /* seqs of rp, to skip held events replay covered */
-    /* Journal rows a resume already sent that had not yet reached this loop
-     * through the bus: skipped when they arrive, so they are not sent twice. */
-    rt_seqset_t pend;
-    int has_pend;
-    uint64_t pend_until_ms;
-
-    /* inbound rate limit (token bucket) */
-    double tokens;
-    uint64_t tokens_ms;
-};
-
-typedef struct loop_stats {
-    atomic_long active[RT_TRANSPORT__COUNT];
-    atomic_ulong accepted;
-    atomic_ulong refused[RT_REFUSE__COUNT];
-    atomic_ulong slow_disconnects, ping_timeouts, events_sent, resumes, resyncs, ring_overflows;
-    /* Delivery latency; written by the loop thread only (see lat_record). */
-    atomic_ulong lat[RT_LATENCY_NB + 1];
-    atomic_ulong lat_sum_us, lat_count;
-} __attribute__((aligned(64))) loop_stats_t;
-
-struct loop {
-    rt_fanout_t *f;
-    int id;
-    pthread_t thread;
-    uv_loop_t uv;
-    uv_tcp_t server;
-    int fd;
-    uv_async_t wake;
-    uv_async_t stop;
-    uv_timer_t tick;
-    uv_timer_t deadline;
-    rt_bus_sub_t *sub;
-    rt_window_t window;
-    conn_t *conns;
-    long nconns;
-    conn_t **dirty;
-    size_t ndirty, capdirty;
-    char *readbuf;
-    uv_buf_t iov[MAX_IOV];
-    int stopping;
-    /* Deferred replies ready to be written, pushed by handler threads. */
-    pthread_mutex_t dmu;
-    deferred_t *dready;
-    int dclosed; /* the loop has stopped: done() frees replies itself */
-    loop_stats_t st;
-};
-
-struct rt_fanout {
-    const rt_config_t *cfg;
-    rt_bus_t *bus;
-    rt_listener_t *listener;
-    struct sockaddr_storage addr;
-    int port;
-    int nloops;
-    loop_t *loops;
-    rt_auth_t auth;
-    rt_iplimit_t iplimit;
-    atomic_long total_conns;
-    char **origins;
-    int norigins;
-    int started;
-    uint64_t tick_ms;
-    handler_t handlers[MAX_HANDLERS];
-    int nhandlers;
-};
 
 static const char *const refuse_names[RT_REFUSE__COUNT] = {
-    "max_conns", "per_ip",     "origin",    "auth",      "bad_request",
+    "max_conns",        "per_ip",         "origin",     "auth",      "bad_request",
     "header_too_large", "header_timeout", "rate_limit", "not_found", "method",
 };
 
@@ -271,23 +61,14 @@ const char *rt_refuse_reason_name(rt_refuse_reason_t r)
     return (unsigned)r < RT_REFUSE__COUNT ? refuse_names[r] : "unknown";
 }
 
-static uint64_t now_ms(void)
-{
-    return rt_mono_ns() / 1000000u;
-}
-
-#define STAT_ADD(l, field, n) atomic_fetch_add_explicit(&(l)->st.field, (n), memory_order_relaxed)
-
 /* The conninfo used by thread-pool workers for journal reads. */
 static const char *g_conninfo;
 
-static void conn_close(conn_t *c);
 static int matches(const conn_t *c, const rt_event_t *ev);
 static void conn_linger(conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_flush(conn_t *c);
-static void poll_free(conn_t *c);
 static void ws_take_output(conn_t *c);
 static rt_ws_t *ws_of(conn_t *c);
 
@@ -332,7 +113,7 @@ int rt_parse_listen(const char *s, struct sockaddr_storage *out)
 /* Browsers always send Origin on a WebSocket upgrade; a request without one
  * comes from a non-browser client (a service, the load generator), which an
  * origin check cannot protect against anyway, so it is let through. */
-static int origin_allowed(rt_fanout_t *f, const char *origin)
+int fo_origin_allowed(rt_fanout_t *f, const char *origin)
 {
     if (f->norigins == 0 || !origin) return 1;
     for (int i = 0; i < f->norigins; i++)
@@ -342,7 +123,8 @@ static int origin_allowed(rt_fanout_t *f, const char *origin)
 
 static void set_transport(conn_t *c, int t)
 {
-    if (c->transport >= 0) atomic_fetch_sub_explicit(&c->loop->st.active[c->transport], 1, memory_order_relaxed);
+    if (c->transport >= 0)
+        atomic_fetch_sub_explicit(&c->loop->st.active[c->transport], 1, memory_order_relaxed);
     c->transport = t;
     if (t >= 0) atomic_fetch_add_explicit(&c->loop->st.active[t], 1, memory_order_relaxed);
 }
@@ -361,7 +143,8 @@ static void q_push(conn_t *c, qitem_t it)
         size_t ncap = c->qcap ? c->qcap * 2 : 8;
         qitem_t *nq = malloc(ncap * sizeof *nq);
         if (!nq) abort();
-        for (size_t i = 0; i < c->qcount; i++) nq[i] = c->q[(c->qhead + i) % c->qcap];
+        for (size_t i = 0; i < c->qcount; i++)
+            nq[i] = c->q[(c->qhead + i) % c->qcap];
         free(c->q);
         c->q = nq;
         c->qcap = ncap;
@@ -391,7 +174,7 @@ static void mark_dirty(conn_t *c)
     c->dirty = 1;
 }
 
-static void flush_dirty(loop_t *l)
+void fo_flush_dirty(loop_t *l)
 {
     /* conn_flush may close a connection; its memory stays valid until the
      * close callback, which runs on a later loop iteration. */
@@ -419,7 +202,7 @@ static void send_bytes(conn_t *c, const char *data, size_t len, int copy)
     mark_dirty(c);
 }
 
-static void send_owned(conn_t *c, char *data, size_t len)
+void fo_send_owned(conn_t *c, char *data, size_t len)
 {
     qitem_t it = {.buf = data, .len = (uint32_t)len, .owned = 1};
     q_push(c, it);
@@ -442,15 +225,14 @@ static void send_event(conn_t *c, rt_event_t *ev)
     mark_dirty(c);
 }
 
-const double rt_latency_bounds_s[RT_LATENCY_NB] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                   0.005,  0.01,    0.025,  0.05,  0.1,
-                                                   0.25,   0.5,     1,      2.5};
+const double rt_latency_bounds_s[RT_LATENCY_NB] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 
 /* One writer (the loop thread), so a relaxed load and store suffice: no
  * locked instruction per delivery. */
-#define LAT_ADD(l, field, n)                                                                      \
-    atomic_store_explicit(&(l)->st.field,                                                         \
-                          atomic_load_explicit(&(l)->st.field, memory_order_relaxed) + (n),       \
+#define LAT_ADD(l, field, n)                                                                       \
+    atomic_store_explicit(&(l)->st.field,                                                          \
+                          atomic_load_explicit(&(l)->st.field, memory_order_relaxed) + (n),        \
                           memory_order_relaxed)
 
 static void lat_record(loop_t *l, uint64_t now_ns, const rt_event_t *ev)
@@ -458,7 +240,8 @@ static void lat_record(loop_t *l, uint64_t now_ns, const rt_event_t *ev)
     uint64_t ns = now_ns > ev->recv_ns ? now_ns - ev->recv_ns : 0;
     double s = (double)ns / 1e9;
     int b = 0;
-    while (b < RT_LATENCY_NB && s > rt_latency_bounds_s[b]) b++;
+    while (b < RT_LATENCY_NB && s > rt_latency_bounds_s[b])
+        b++;
     LAT_ADD(l, lat[b], 1);
     LAT_ADD(l, lat_sum_us, ns / 1000);
     LAT_ADD(l, lat_count, 1);
@@ -483,7 +266,8 @@ static void q_pop(conn_t *c, size_t n)
 static void replay_free(conn_t *c)
 {
     if (!c->rp) return;
-    for (size_t i = c->rp_pos; i < c->rp_n; i++) rt_event_unref(c->rp[i]);
+    for (size_t i = c->rp_pos; i < c->rp_n; i++)
+        rt_event_unref(c->rp[i]);
     free(c->rp);
     c->rp = NULL;
     c->rp_n = c->rp_pos = 0;
@@ -500,7 +284,8 @@ static void replay_start(conn_t *c, rt_event_t **evs, size_t n)
     c->rp_n = evs ? n : 0;
     c->rp_pos = 0;
     rt_seqset_init(&c->rp_seqs);
-    for (size_t i = 0; i < c->rp_n; i++) rt_seqset_add(&c->rp_seqs, evs[i]->seq);
+    for (size_t i = 0; i < c->rp_n; i++)
+        rt_seqset_add(&c->rp_seqs, evs[i]->seq);
     mark_dirty(c);
 }
 
@@ -533,7 +318,7 @@ static void on_write(uv_write_t *req, int status)
     c->inflight = 0;
     c->qoff = 0;
     if (status < 0) {
-        if (status != UV_ECANCELED) conn_close(c);
+        if (status != UV_ECANCELED) fo_conn_close(c);
         return;
     }
     c->last_write_ms = now_ms();
@@ -578,7 +363,7 @@ static void conn_flush(conn_t *c)
         int w = uv_try_write((uv_stream_t *)&c->tcp, l->iov, (unsigned)n);
         if (w == UV_EAGAIN) w = 0;
         if (w < 0) {
-            conn_close(c);
+            fo_conn_close(c);
             return;
         }
         if (w > 0) c->last_write_ms = now_ms();
@@ -604,7 +389,7 @@ static void conn_flush(conn_t *c)
         if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, l->iov, (unsigned)n, on_write) < 0) {
             c->writing = 0;
             c->inflight = 0;
-            conn_close(c);
+            fo_conn_close(c);
         }
         return;
     }
@@ -621,7 +406,8 @@ static void free_conn(conn_t *c)
         c->qcount--;
     }
     free(c->q);
-    for (size_t i = 0; i < c->nheld; i++) rt_event_unref(c->held[i]);
+    for (size_t i = 0; i < c->nheld; i++)
+        rt_event_unref(c->held[i]);
     free(c->held);
     replay_free(c);
     if (c->has_pend) rt_seqset_close(&c->pend);
@@ -631,7 +417,7 @@ static void free_conn(conn_t *c)
     }
     if (c->ws) rt_ws_free(c->ws);
     free(c->pipelined);
-    poll_free(c);
+    fo_poll_free(c);
     free(c->ids);
     free(c->key);
     free(c);
@@ -649,10 +435,10 @@ static void detach_deferred(conn_t *c)
         c->deferred->conn = NULL;
         c->deferred = NULL;
     }
-    poll_free(c);
+    fo_poll_free(c);
 }
 
-static void conn_close(conn_t *c)
+void fo_conn_close(conn_t *c)
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
     loop_t *l = c->loop;
@@ -681,7 +467,7 @@ static void conn_close(conn_t *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     /* On uv_close this runs first with UV_ECANCELED, the conn still valid. */
-    if (status < 0 && status != UV_ECANCELED) conn_close(req->data);
+    if (status < 0 && status != UV_ECANCELED) fo_conn_close(req->data);
 }
 
 /* The queue is written: send FIN and wait for the peer to close its side
@@ -694,12 +480,12 @@ static void conn_linger(conn_t *c)
     if (c->shut || uv_is_closing((uv_handle_t *)&c->tcp)) return;
     c->shut = 1;
     c->sreq.data = c;
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) conn_close(c);
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) fo_conn_close(c);
 }
 
 /* Closes once the queue is written, the peer has closed too, or
  * CLOSE_GRACE_MS has passed. Input from here on is read and discarded. */
-static void conn_close_after_flush(conn_t *c)
+void fo_conn_close_after_flush(conn_t *c)
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
     /* Refused connections were never reading: read now, to drain. */
@@ -719,7 +505,7 @@ static void ws_close(conn_t *c, uint16_t code, const char *reason)
         rt_ws_send_close(c->ws, code, reason);
         ws_take_output(c);
     }
-    conn_close_after_flush(c);
+    fo_conn_close_after_flush(c);
 }
 
 static void close_slow(conn_t *c)
@@ -739,27 +525,27 @@ static void close_slow(conn_t *c)
     if (c->state == C_WS || c->state == C_WS_AUTH)
         ws_close(c, 1008, "slow consumer");
     else
-        conn_close_after_flush(c);
+        fo_conn_close_after_flush(c);
 }
 
 /* Answers an HTTP request with a JSON body and closes or keeps the connection. */
-static void respond(conn_t *c, int status, const char *json, const char *extra, int keep_alive)
+void fo_respond(conn_t *c, int status, const char *json, const char *extra, int keep_alive)
 {
     char *out;
     size_t n = rt_http_format_response(&out, status, json ? "application/json" : NULL, extra, json,
                                        json ? strlen(json) : 0, keep_alive);
-    send_owned(c, out, n);
-    if (!keep_alive) conn_close_after_flush(c);
+    fo_send_owned(c, out, n);
+    if (!keep_alive) fo_conn_close_after_flush(c);
 }
 
-static void respond_error(conn_t *c, int status, const char *message, const char *extra,
-                          rt_refuse_reason_t why)
+void fo_respond_error(conn_t *c, int status, const char *message, const char *extra,
+                      rt_refuse_reason_t why)
 {
     STAT_ADD(c->loop, refused[why], 1);
     json_t *j = json_pack("{s:s, s:i}", "error", message, "status", status);
     char *body = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    respond(c, status, body, extra, 0);
+    fo_respond(c, status, body, extra, 0);
     free(body);
 }
 
@@ -790,7 +576,7 @@ static void send_json(conn_t *c, json_t *j)
         int n = asprintf(&chunk, "event: %s\ndata: %s\n\n", type ? type : "message", s);
         json_decref(parsed);
         if (n < 0) abort();
-        send_owned(c, chunk, (size_t)n);
+        fo_send_owned(c, chunk, (size_t)n);
     } else if (c->state == C_WS || c->state == C_WS_AUTH) {
         rt_ws_send_text(ws_of(c), s, strlen(s));
         ws_take_output(c);
@@ -809,8 +595,8 @@ static _Thread_local PGconn *tl_pg;
 
 /* Reads journal rows after `after` on this pool thread's connection
  * (reconnecting once). Returns 0 or -1. */
-static int journal_read(int64_t after, size_t limit, rt_event_t ***evs, size_t *n,
-                        int64_t *pruned_through)
+int fo_journal_read(int64_t after, size_t limit, rt_event_t ***evs, size_t *n,
+                    int64_t *pruned_through)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!tl_pg || PQstatus(tl_pg) != CONNECTION_OK) {
@@ -831,8 +617,7 @@ static int journal_read(int64_t after, size_t limit, rt_event_t ***evs, size_t *
 static void resume_work(uv_work_t *w)
 {
     resume_req_t *r = w->data;
-    r->failed =
-        journal_read(r->after, RESUME_LIMIT + 1, &r->evs, &r->n, &r->pruned_through) < 0;
+    r->failed = fo_journal_read(r->after, RESUME_LIMIT + 1, &r->evs, &r->n, &r->pruned_through) < 0;
 }
 
 #define PEND_MAX_MS 30000
@@ -851,7 +636,8 @@ static void note_pending(conn_t *c, rt_event_t **evs, size_t n)
     for (size_t i = 0; i < l->window.count; i++)
         if (rt_window_at(&l->window, i)->seq >= evs[0]->seq)
             rt_seqset_add(&seen, rt_window_at(&l->window, i)->seq);
-    for (size_t i = 0; i < c->nheld; i++) rt_seqset_add(&seen, c->held[i]->seq);
+    for (size_t i = 0; i < c->nheld; i++)
+        rt_seqset_add(&seen, c->held[i]->seq);
     if (c->has_pend) rt_seqset_close(&c->pend);
     rt_seqset_init(&c->pend);
     c->has_pend = 1;
@@ -882,10 +668,10 @@ static void resume_done(uv_work_t *w, int status)
     conn_t *c = r->conn;
     if (c && status == 0) {
         c->resume = NULL;
-        const char *why = r->failed                        ? "journal unavailable"
-                          : r->pruned_through > r->after   ? "past retention"
-                          : r->n > RESUME_LIMIT            ? "too far behind"
-                                                           : NULL;
+        const char *why = r->failed                      ? "journal unavailable"
+                          : r->pruned_through > r->after ? "past retention"
+                          : r->n > RESUME_LIMIT          ? "too far behind"
+                                                         : NULL;
         if (why) {
             /* The client reloads its state and goes on from the live events
              * held meanwhile. */
@@ -897,9 +683,10 @@ static void resume_done(uv_work_t *w, int status)
             r->evs = NULL;
             r->n = 0;
         }
-        flush_dirty(c->loop);
+        fo_flush_dirty(c->loop);
     }
-    for (size_t i = 0; i < r->n; i++) rt_event_unref(r->evs[i]);
+    for (size_t i = 0; i < r->n; i++)
+        rt_event_unref(r->evs[i]);
     free(r->evs);
     free(r);
 }
@@ -914,7 +701,8 @@ static void start_resume(conn_t *c, int64_t after)
         size_t n = l->window.count - (size_t)pos - 1;
         rt_event_t **evs = malloc((n ? n : 1) * sizeof *evs);
         if (!evs) abort();
-        for (size_t i = 0; i < n; i++) evs[i] = rt_event_ref(rt_window_at(&l->window, (size_t)pos + 1 + i));
+        for (size_t i = 0; i < n; i++)
+            evs[i] = rt_event_ref(rt_window_at(&l->window, (size_t)pos + 1 + i));
         replay_start(c, evs, n);
         return;
     }
@@ -937,13 +725,14 @@ static void ws_take_output(conn_t *c)
 {
     char *buf;
     size_t n = rt_ws_take_output(c->ws, &buf);
-    if (n) send_owned(c, buf, n);
+    if (n) fo_send_owned(c, buf, n);
 }
 
 static json_t *ids_array(conn_t *c)
 {
     json_t *a = json_array();
-    for (int i = 0; i < c->nids; i++) json_array_append_new(a, json_string(c->ids[i]));
+    for (int i = 0; i < c->nids; i++)
+        json_array_append_new(a, json_string(c->ids[i]));
     return a;
 }
 
@@ -1040,12 +829,14 @@ static void on_ws_text(void *ud, const char *msg, size_t len)
         break;
     case RT_WS_MSG_SUBSCRIBE:
         c->all_ids = 0;
-        for (int i = 0; i < m->nids; i++) add_id(c, m->ids[i]);
+        for (int i = 0; i < m->nids; i++)
+            add_id(c, m->ids[i]);
         send_json(c, json_pack("{s:s, s:o}", "type", "subscribed", "intent_ids", ids_array(c)));
         break;
     case RT_WS_MSG_UNSUBSCRIBE:
         c->all_ids = 0;
-        for (int i = 0; i < m->nids; i++) remove_id(c, m->ids[i]);
+        for (int i = 0; i < m->nids; i++)
+            remove_id(c, m->ids[i]);
         send_json(c, json_pack("{s:s, s:o}", "type", "unsubscribed", "intent_ids", ids_array(c)));
         break;
     case RT_WS_MSG_RESUME:
@@ -1056,7 +847,7 @@ static void on_ws_text(void *ud, const char *msg, size_t len)
         break;
     }
     free(m);
-    flush_dirty(c->loop);
+    fo_flush_dirty(c->loop);
 }
 
 static void on_ws_pong(void *ud)
@@ -1070,7 +861,7 @@ static void on_ws_close(void *ud, uint16_t code)
     conn_t *c = ud;
     (void)code;
     ws_take_output(c);
-    conn_close_after_flush(c);
+    fo_conn_close_after_flush(c);
 }
 
 static const rt_ws_callbacks_t ws_cbs = {on_ws_text, on_ws_pong, on_ws_close};
@@ -1098,7 +889,7 @@ static void ws_release_if_idle(conn_t *c)
 
 /* Parses "a,b" (and repeated keys) of event type names into a mask.
  * Returns 0, or -1 naming the bad type in bad. */
-static int parse_types(const char *query, size_t qlen, unsigned *mask, char *bad, size_t badlen)
+int fo_parse_types(const char *query, size_t qlen, unsigned *mask, char *bad, size_t badlen)
 {
     char val[512];
     int any = 0;
@@ -1129,14 +920,14 @@ static int parse_types(const char *query, size_t qlen, unsigned *mask, char *bad
 static int set_types_filter(conn_t *c, const char *q, size_t qlen)
 {
     char bad[64];
-    if (parse_types(q, qlen, &c->type_mask, bad, sizeof bad) == 0) return 0;
+    if (fo_parse_types(q, qlen, &c->type_mask, bad, sizeof bad) == 0) return 0;
     char msg[128];
     snprintf(msg, sizeof msg, "unknown event type in types: %s", bad);
-    respond_error(c, 400, msg, NULL, RT_REFUSE_BAD_REQUEST);
+    fo_respond_error(c, 400, msg, NULL, RT_REFUSE_BAD_REQUEST);
     return -1;
 }
 
-static int parse_last_id(const char *s, int64_t *out)
+int fo_parse_last_id(const char *s, int64_t *out)
 {
     if (!s || !*s) return 0;
     char *end;
@@ -1145,268 +936,6 @@ static int parse_last_id(const char *s, int64_t *out)
     if (errno || *end || v < 0) return -1;
     *out = v;
     return 1;
-}
-
-static const char *cors_headers(conn_t *c, char *buf, size_t cap)
-{
-    const char *origin = rt_http_req_header(c->req, "Origin");
-    rt_fanout_t *f = c->loop->f;
-    buf[0] = '\0';
-    if (f->norigins == 0)
-        snprintf(buf, cap, "Access-Control-Allow-Origin: *\r\n");
-    else if (origin && origin_allowed(f, origin))
-        snprintf(buf, cap, "Access-Control-Allow-Origin: %.200s\r\nVary: Origin\r\n", origin);
-    return buf;
-}
-
-static void handle_health(conn_t *c, const char *path, int keep_alive)
-{
-    rt_fanout_t *f = c->loop->f;
-    rt_listener_stats_t *ls = f->listener ? rt_listener_stats(f->listener) : NULL;
-    int connected = ls ? atomic_load(&ls->connected) : 0;
-    if (strcmp(path, "/healthz") == 0) {
-        respond(c, 200, "{\"status\":\"ok\"}", "Cache-Control: no-store\r\n", keep_alive);
-        return;
-    }
-    if (strcmp(path, "/readyz") == 0) {
-        if (connected)
-            respond(c, 200, "{\"status\":\"ready\"}", "Cache-Control: no-store\r\n", keep_alive);
-        else
-            respond(c, 503, "{\"status\":\"not ready\",\"reason\":\"listener not connected\"}",
-                    "Cache-Control: no-store\r\n", keep_alive);
-        return;
-    }
-    /* /health/realtime */
-    rt_fanout_stats_t st;
-    rt_fanout_stats(f, &st);
-    uint64_t last_ns = ls ? atomic_load(&ls->last_event_ns) : 0;
-    double age = last_ns ? (double)(rt_now_ns() - last_ns) / 1e9 : -1.0;
-    json_t *loops = json_array();
-    for (int i = 0; i < f->nloops; i++) {
-        rt_bus_sub_t *s = f->loops[i].sub;
-        json_array_append_new(loops, json_pack("{s:i, s:I, s:I}", "loop", i, "ring_depth",
-                                               (json_int_t)rt_bus_depth(s), "ring_overflows",
-                                               (json_int_t)atomic_load(&s->overflows)));
-    }
-    json_t *j = json_pack(
-        "{s:s, s:{s:b, s:f, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:o, s:I, s:I, s:I}", "status",
-        connected ? "ok" : "degraded", "listener", "connected", connected,
-        "last_event_age_seconds", age, "last_seq",
-        (json_int_t)(ls ? atomic_load(&ls->last_seq) : 0), "reconnects",
-        (json_int_t)(ls ? atomic_load(&ls->reconnects) : 0), "published",
-        (json_int_t)(ls ? atomic_load(&ls->published) : 0), "connections", "websocket",
-        (json_int_t)st.active[RT_TRANSPORT_WS], "sse", (json_int_t)st.active[RT_TRANSPORT_SSE],
-        "http", (json_int_t)st.active[RT_TRANSPORT_HTTP], "loops", loops,
-        "slow_consumer_disconnects", (json_int_t)st.slow_disconnects, "resumes",
-        (json_int_t)st.resumes, "resyncs", (json_int_t)st.resyncs);
-    json_t *refused = json_object();
-    for (int r = 0; r < RT_REFUSE__COUNT; r++)
-        json_object_set_new(refused, rt_refuse_reason_name((rt_refuse_reason_t)r),
-                            json_integer((json_int_t)st.refused[r]));
-    json_object_set_new(j, "refused", refused);
-    json_object_set_new(j, "ping_timeouts", json_integer((json_int_t)st.ping_timeouts));
-    json_object_set_new(j, "ring_overflows", json_integer((json_int_t)st.ring_overflows));
-    char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(j);
-    respond(c, connected ? 200 : 503, body, "Cache-Control: no-store\r\n", keep_alive);
-    free(body);
-}
-
-/* ---- requests answered outside the fan-out (reply.h) ----------------------------- */
-
-/* "/x/" (ending in '/', longer than "/") names a prefix; anything else, "/"
- * included, an exact path. */
-static const handler_t *find_handler(const rt_fanout_t *f, const char *path)
-{
-    for (int i = 0; i < f->nhandlers; i++) {
-        const handler_t *h = &f->handlers[i];
-        size_t n = strlen(h->prefix);
-        int prefix = n > 1 && h->prefix[n - 1] == '/';
-        if (prefix ? strncmp(path, h->prefix, n) == 0 : strcmp(path, h->prefix) == 0) return h;
-    }
-    return NULL;
-}
-
-static void reply_free(rt_reply_t *r)
-{
-    if (!r->body_static) free(r->body);
-    r->body = NULL;
-}
-
-static void write_reply(conn_t *c, const rt_reply_t *r, int keep_alive)
-{
-    char cors[320], extra[640];
-    cors_headers(c, cors, sizeof cors);
-    snprintf(extra, sizeof extra, "%.256s%s", r->headers, cors);
-    char *out;
-    size_t n = rt_http_format_response(&out, r->status, r->content_type, extra, r->body, r->len,
-                                       keep_alive);
-    send_owned(c, out, n);
-    if (!keep_alive) conn_close_after_flush(c);
-}
-
-/* rt_reply_done_cb: any thread. Queues the reply on its loop, or drops it if
- * the loop has stopped. The wake is sent under the lock, so the loop cannot
- * close its async handle in between. */
-static void deferred_done(void *arg, rt_reply_t *reply)
-{
-    deferred_t *d = arg;
-    loop_t *l = d->loop;
-    d->reply = *reply;
-    pthread_mutex_lock(&l->dmu);
-    int closed = l->dclosed;
-    if (!closed) {
-        d->next = l->dready;
-        l->dready = d;
-        uv_async_send(&l->wake);
-    }
-    pthread_mutex_unlock(&l->dmu);
-    if (closed) {
-        reply_free(&d->reply);
-        free(d);
-    }
-}
-
-static void on_http_data(conn_t *c, const char *data, size_t len);
-
-/* The request is answered later: keep what followed it for then. */
-static void wait_begin(conn_t *c, const char *rest, size_t rest_len)
-{
-    c->state = C_HTTP_WAIT;
-    if (rest_len) {
-        c->pipelined = malloc(rest_len);
-        if (!c->pipelined) abort();
-        memcpy(c->pipelined, rest, rest_len);
-        c->npipelined = rest_len;
-    }
-}
-
-/* The late answer is queued and the connection stays: parse what came
- * meanwhile (state is C_HTTP again). */
-static void wait_end(conn_t *c)
-{
-    rt_http_req_reset(c->req);
-    c->since_ms = now_ms();
-    char *p = c->pipelined;
-    size_t n = c->npipelined;
-    c->pipelined = NULL;
-    c->npipelined = 0;
-    if (p) on_http_data(c, p, n);
-    free(p);
-}
-
-/* Writes the replies handlers have finished, in the order they finished. */
-static void run_deferred(loop_t *l)
-{
-    pthread_mutex_lock(&l->dmu);
-    deferred_t *d = l->dready, *fifo = NULL;
-    l->dready = NULL;
-    pthread_mutex_unlock(&l->dmu);
-    while (d) {
-        deferred_t *next = d->next;
-        d->next = fifo;
-        fifo = d;
-        d = next;
-    }
-    for (d = fifo; d; d = fifo) {
-        fifo = d->next;
-        conn_t *c = d->conn;
-        if (c) {
-            int keep_alive = d->keep_alive && !l->stopping;
-            c->deferred = NULL;
-            c->state = C_HTTP;
-            write_reply(c, &d->reply, keep_alive);
-            if (keep_alive) wait_end(c);
-        }
-        reply_free(&d->reply);
-        free(d);
-    }
-}
-
-/* Stops taking deferred replies (the loop is ending) and drops queued ones;
- * their connections are closed by now. */
-static void close_deferred(loop_t *l)
-{
-    pthread_mutex_lock(&l->dmu);
-    l->dclosed = 1;
-    deferred_t *d = l->dready;
-    l->dready = NULL;
-    pthread_mutex_unlock(&l->dmu);
-    while (d) {
-        deferred_t *next = d->next;
-        reply_free(&d->reply);
-        free(d);
-        d = next;
-    }
-}
-
-/* Hands the request to h. Returns 1 if the connection stays in HTTP and rest
- * should be parsed now (as handle_request). */
-static int call_handler(conn_t *c, const handler_t *h, const char *path, const char *rest,
-                        size_t rest_len, int keep_alive)
-{
-    size_t qlen = 0;
-    const char *q = rt_http_req_query(c->req, &qlen);
-    char query[2048];
-    if (qlen >= sizeof query) {
-        respond_error(c, 414, "query string too long", NULL, RT_REFUSE_BAD_REQUEST);
-        return 0;
-    }
-    if (qlen) memcpy(query, q, qlen);
-    query[qlen] = '\0';
-    char decoded[1024];
-    if (rt_http_path_decode(path, strlen(path), decoded, sizeof decoded) < 0) {
-        respond_error(c, 400, "malformed path", NULL, RT_REFUSE_BAD_REQUEST);
-        return 0;
-    }
-    path = decoded;
-    deferred_t *d = calloc(1, sizeof *d);
-    if (!d) abort();
-    d->loop = c->loop;
-    d->conn = c;
-    d->keep_alive = keep_alive;
-    rt_reply_t r;
-    memset(&r, 0, sizeof r);
-    rt_handle_result_t res = h->fn(h->ctx, path, query, &r, deferred_done, d);
-    if (res == RT_HANDLE_LATER) {
-        c->deferred = d;
-        wait_begin(c, rest, rest_len);
-        return 0;
-    }
-    free(d);
-    if (res == RT_HANDLE_NOT_MINE) {
-        respond_error(c, 404, "not found", NULL, RT_REFUSE_NOT_FOUND);
-        return 0;
-    }
-    write_reply(c, &r, keep_alive);
-    reply_free(&r);
-    return keep_alive;
-}
-
-/* Input while a deferred request waits: kept (bounded) for afterwards. */
-static void keep_pipelined(conn_t *c, const char *data, size_t len)
-{
-    if (c->npipelined + len > MAX_PIPELINED) {
-        conn_close(c);
-        return;
-    }
-    c->pipelined = realloc(c->pipelined, c->npipelined + len);
-    if (!c->pipelined) abort();
-    memcpy(c->pipelined + c->npipelined, data, len);
-    c->npipelined += len;
-}
-
-int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, void *ctx)
-{
-    if (f->started) return -EBUSY;
-    if (f->nhandlers == MAX_HANDLERS) return -ENOSPC;
-    if (!prefix || prefix[0] != '/' || strlen(prefix) >= sizeof f->handlers[0].prefix)
-        return -EINVAL;
-    handler_t *h = &f->handlers[f->nhandlers++];
-    snprintf(h->prefix, sizeof h->prefix, "%s", prefix);
-    h->fn = fn;
-    h->ctx = ctx;
-    return 0;
 }
 
 /* Which route a path names; -1 for health paths (handled apart), -3 the
@@ -1443,7 +972,7 @@ static const char *request_token(conn_t *c, char *buf, size_t cap)
 
 /* A plain HTTP request (SSE, polling) without a valid token, when tokens are
  * required: answers 401 and returns 1. */
-static int refuse_unauthorized(conn_t *c)
+int fo_refuse_unauthorized(conn_t *c)
 {
     rt_fanout_t *f = c->loop->f;
     if (!rt_auth_enabled(&f->auth)) return 0;
@@ -1451,7 +980,7 @@ static int refuse_unauthorized(conn_t *c)
     const char *tok = request_token(c, tokbuf, sizeof tokbuf);
     const char *why;
     if (rt_auth_check(&f->auth, tok, &why) == 0) return 0;
-    respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
+    fo_respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
     return 1;
 }
 
@@ -1462,17 +991,17 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
     const char *reason = NULL;
     int st = rt_ws_check_handshake(c->req, accept, &reason);
     if (st == 426) {
-        respond_error(c, 426, "unsupported WebSocket version", "Sec-WebSocket-Version: 13\r\n",
-                      RT_REFUSE_BAD_REQUEST);
+        fo_respond_error(c, 426, "unsupported WebSocket version", "Sec-WebSocket-Version: 13\r\n",
+                         RT_REFUSE_BAD_REQUEST);
         return;
     }
     if (st != 0) {
-        respond_error(c, 400, reason ? reason : "bad WebSocket handshake", NULL,
-                      RT_REFUSE_BAD_REQUEST);
+        fo_respond_error(c, 400, reason ? reason : "bad WebSocket handshake", NULL,
+                         RT_REFUSE_BAD_REQUEST);
         return;
     }
-    if (!origin_allowed(f, rt_http_req_header(c->req, "Origin"))) {
-        respond_error(c, 403, "origin not allowed", NULL, RT_REFUSE_ORIGIN);
+    if (!fo_origin_allowed(f, rt_http_req_header(c->req, "Origin"))) {
+        fo_respond_error(c, 403, "origin not allowed", NULL, RT_REFUSE_ORIGIN);
         return;
     }
     size_t qlen;
@@ -1486,13 +1015,13 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
             int n = rt_http_query_get(q, qlen, "intent_ids", i, val, sizeof val);
             if (n == -1) break;
             if (n < 0) {
-                respond_error(c, 400, "bad intent_ids", NULL, RT_REFUSE_BAD_REQUEST);
+                fo_respond_error(c, 400, "bad intent_ids", NULL, RT_REFUSE_BAD_REQUEST);
                 return;
             }
             char *save = NULL;
             for (char *t = strtok_r(val, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
                 if (strlen(t) >= RT_WS_MAX_ID_LEN) {
-                    respond_error(c, 400, "intent id too long", NULL, RT_REFUSE_BAD_REQUEST);
+                    fo_respond_error(c, 400, "intent id too long", NULL, RT_REFUSE_BAD_REQUEST);
                     return;
                 }
                 add_id(c, t);
@@ -1505,9 +1034,9 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
     int64_t last = -1;
     char idbuf[32];
     if (rt_http_query_get(q, qlen, "last_event_id", 0, idbuf, sizeof idbuf) >= 0 &&
-        parse_last_id(idbuf, &last) < 0) {
-        respond_error(c, 400, "last_event_id must be a non-negative integer", NULL,
-                      RT_REFUSE_BAD_REQUEST);
+        fo_parse_last_id(idbuf, &last) < 0) {
+        fo_respond_error(c, 400, "last_event_id must be a non-negative integer", NULL,
+                         RT_REFUSE_BAD_REQUEST);
         return;
     }
     int authed = !rt_auth_enabled(&f->auth);
@@ -1517,7 +1046,7 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
         const char *why;
         if (tok) {
             if (rt_auth_check(&f->auth, tok, &why) < 0) {
-                respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
+                fo_respond_error(c, 401, why, "WWW-Authenticate: Bearer\r\n", RT_REFUSE_AUTH);
                 return;
             }
             authed = 1;
@@ -1526,7 +1055,7 @@ static void start_ws(conn_t *c, route_t route, const char *rest, size_t rest_len
 
     char *resp;
     size_t n = rt_ws_format_101(&resp, accept);
-    send_owned(c, resp, n);
+    fo_send_owned(c, resp, n);
     rt_http_req_close(c->req);
     free(c->req);
     c->req = NULL;
@@ -1553,7 +1082,7 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
 {
     size_t qlen;
     const char *q = rt_http_req_query(c->req, &qlen);
-    if (refuse_unauthorized(c)) return;
+    if (fo_refuse_unauthorized(c)) return;
     c->route = route;
     if (route == ROUTE_SSE_INTENT) {
         c->type_mask = 1u << RT_EV_INTENT_UPDATE;
@@ -1562,7 +1091,7 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
         if (!decoded) abort();
         if (rt_http_path_decode(intent_id, idlen, decoded, idlen + 1) <= 0) {
             free(decoded);
-            respond_error(c, 400, "bad intent id", NULL, RT_REFUSE_BAD_REQUEST);
+            fo_respond_error(c, 400, "bad intent id", NULL, RT_REFUSE_BAD_REQUEST);
             return;
         }
         c->key = decoded;
@@ -1575,13 +1104,13 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
     const char *h = rt_http_req_header(c->req, "Last-Event-ID");
     char idbuf[32];
     if (!h && rt_http_query_get(q, qlen, "last_event_id", 0, idbuf, sizeof idbuf) >= 0) h = idbuf;
-    if (h && parse_last_id(h, &last) < 0) {
-        respond_error(c, 400, "Last-Event-ID must be a non-negative integer", NULL,
-                      RT_REFUSE_BAD_REQUEST);
+    if (h && fo_parse_last_id(h, &last) < 0) {
+        fo_respond_error(c, 400, "Last-Event-ID must be a non-negative integer", NULL,
+                         RT_REFUSE_BAD_REQUEST);
         return;
     }
     char cors[320];
-    cors_headers(c, cors, sizeof cors);
+    fo_cors_headers(c, cors, sizeof cors);
     char *head;
     int n = asprintf(&head,
                      "HTTP/1.1 200 OK\r\n"
@@ -1593,7 +1122,7 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
                      "retry: 3000\n\n",
                      cors);
     if (n < 0) abort();
-    send_owned(c, head, (size_t)n);
+    fo_send_owned(c, head, (size_t)n);
     rt_http_req_close(c->req);
     free(c->req);
     c->req = NULL;
@@ -1604,271 +1133,6 @@ static void start_sse(conn_t *c, route_t route, const char *intent_id)
     if (last >= 0) start_resume(c, last);
 }
 
-/* ---- GET /api/v1/events: polling and long polling (the fallback transport) ---------- */
-
-/* A journal read for a poll whose cursor is not in the window; like
- * resume_req_t, dropped if the connection closes first. */
-typedef struct poll_fetch {
-    conn_t *conn;
-    uv_work_t work;
-    int64_t after;
-    size_t limit;
-    rt_event_t **evs;
-    size_t n;
-    int64_t pruned_through;
-    int failed;
-} poll_fetch_t;
-
-static void poll_free(conn_t *c)
-{
-    poll_wait_t *p = c->poll;
-    if (!p) return;
-    if (p->fetch) p->fetch->conn = NULL; /* its completion frees it */
-    for (size_t i = 0; i < p->n; i++) rt_event_unref(p->evs[i]);
-    free(p->evs);
-    free(p);
-    c->poll = NULL;
-}
-
-static void poll_bad(conn_t *c, const char *param, const char *msg)
-{
-    STAT_ADD(c->loop, refused[RT_REFUSE_BAD_REQUEST], 1);
-    json_t *j = json_pack("{s:s, s:s, s:i}", "error", msg, "parameter", param, "status", 400);
-    char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(j);
-    respond(c, 400, body, "Cache-Control: no-store\r\n", 0);
-    free(body);
-}
-
-/* Answers a poll: evs[0..n) (those matching), the cursor to continue from,
- * and the resync marker when the client must reload its state. Leaves the
- * connection in C_HTTP (keep-alive) or closing. */
-static void poll_answer(conn_t *c, rt_event_t *const *evs, size_t n, int64_t last_id,
-                        const char *resync)
-{
-    poll_wait_t *p = c->poll;
-    size_t cap = 64;
-    for (size_t i = 0; i < n; i++) cap += evs[i]->msg_len + 1;
-    char *body = malloc(cap + 160);
-    if (!body) abort();
-    size_t len = (size_t)sprintf(body, "{\"events\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i) body[len++] = ',';
-        memcpy(body + len, evs[i]->msg, evs[i]->msg_len);
-        len += evs[i]->msg_len;
-    }
-    len += (size_t)sprintf(body + len, "],\"last_id\":%" PRId64, last_id);
-    if (resync) len += (size_t)sprintf(body + len, ",\"resync\":true,\"reason\":\"%s\"", resync);
-    body[len++] = '}';
-    body[len] = '\0';
-    int keep_alive = p->keep_alive && !c->loop->stopping;
-    poll_free(c);
-    c->state = C_HTTP;
-    respond(c, 200, body, "Cache-Control: no-store\r\n", keep_alive);
-    free(body);
-    if (keep_alive) wait_end(c);
-}
-
-/* Waits on the loop for live events, until the deadline. */
-static void poll_wait_live(conn_t *c)
-{
-    poll_wait_t *p = c->poll;
-    p->waiting = 1;
-    p->deadline_ms = now_ms() + (uint64_t)p->wait_ms;
-}
-
-/* Answers from the window if the cursor is in it: the journaled events
- * after its position (commit order, exact), at most limit matching ones.
- * Returns 0 if the cursor is not in the window. */
-static int poll_from_window(conn_t *c)
-{
-    poll_wait_t *p = c->poll;
-    rt_window_t *w = &c->loop->window;
-    long pos = rt_window_find(w, p->after);
-    if (pos < 0) return 0;
-    rt_event_t *out[POLL_MAX_LIMIT];
-    size_t n = 0;
-    int64_t last = p->after;
-    for (size_t i = (size_t)pos + 1; i < w->count && n < p->limit; i++) {
-        rt_event_t *ev = rt_window_at(w, i);
-        if (ev->seq <= 0) continue; /* not journaled: only live (no cursor) */
-        last = ev->seq;
-        if (p->type_mask & (1u << ev->type)) out[n++] = ev;
-    }
-    if (n > 0 || p->wait_ms == 0) {
-        poll_answer(c, out, n, last, NULL);
-        return 1;
-    }
-    p->after = last;
-    poll_wait_live(c);
-    return 1;
-}
-
-static void poll_fetch_work(uv_work_t *w);
-static void poll_fetch_done(uv_work_t *w, int status);
-
-static void poll_start_fetch(conn_t *c)
-{
-    poll_wait_t *p = c->poll;
-    poll_fetch_t *f = calloc(1, sizeof *f);
-    if (!f) abort();
-    f->conn = c;
-    f->after = p->after;
-    f->limit = p->limit;
-    f->work.data = f;
-    p->fetch = f;
-    if (uv_queue_work(&c->loop->uv, &f->work, poll_fetch_work, poll_fetch_done) != 0) {
-        p->fetch = NULL;
-        free(f);
-        poll_answer(c, NULL, 0, p->after, "journal unavailable");
-    }
-}
-
-static void poll_fetch_work(uv_work_t *w)
-{
-    poll_fetch_t *f = w->data;
-    f->failed = journal_read(f->after, f->limit + 1, &f->evs, &f->n, &f->pruned_through) < 0;
-}
-
-static void poll_fetch_done(uv_work_t *w, int status)
-{
-    poll_fetch_t *f = w->data;
-    conn_t *c = f->conn;
-    if (c && c->poll) {
-        poll_wait_t *p = c->poll;
-        p->fetch = NULL;
-        if (status != 0 || f->failed) {
-            poll_answer(c, NULL, 0, p->after, "journal unavailable");
-        } else if (f->pruned_through > f->after) {
-            poll_answer(c, NULL, 0, f->pruned_through, "past retention");
-        } else {
-            rt_event_t *out[POLL_MAX_LIMIT];
-            size_t n = 0, examined = 0;
-            int64_t last = p->after;
-            for (; examined < f->n && n < p->limit; examined++) {
-                rt_event_t *ev = f->evs[examined];
-                last = ev->seq;
-                if (p->type_mask & (1u << ev->type)) out[n++] = ev;
-            }
-            if (n > 0 || p->wait_ms == 0 || examined < f->n) {
-                poll_answer(c, out, n, last, NULL);
-            } else {
-                /* Nothing yet: events from now on come through the loop.
-                 * The cursor may have reached the window meanwhile. */
-                p->after = last;
-                if (!poll_from_window(c)) poll_wait_live(c);
-            }
-        }
-        flush_dirty(c->loop);
-    }
-    for (size_t i = 0; i < f->n; i++) rt_event_unref(f->evs[i]);
-    free(f->evs);
-    free(f);
-}
-
-/* A live event for the waiting polls of this loop. */
-static void poll_offer(conn_t *c, rt_event_t *ev)
-{
-    poll_wait_t *p = c->poll;
-    if (!p->waiting || !(p->type_mask & (1u << ev->type)) || p->n >= p->limit) return;
-    if (p->n == p->cap) {
-        p->cap = p->cap ? p->cap * 2 : 16;
-        p->evs = realloc(p->evs, p->cap * sizeof *p->evs);
-        if (!p->evs) abort();
-    }
-    p->evs[p->n++] = rt_event_ref(ev);
-}
-
-/* After a batch of live events: answers the polls that got some; on a tick,
- * also those whose time is up. */
-static void poll_settle(loop_t *l, int tick)
-{
-    uint64_t now = tick ? now_ms() : 0;
-    for (conn_t *c = l->conns, *next; c; c = next) {
-        next = c->next;
-        poll_wait_t *p = c->poll;
-        if (c->state != C_HTTP_WAIT || !p || !p->waiting) continue;
-        if (p->n > 0) {
-            int64_t last = p->after;
-            for (size_t i = 0; i < p->n; i++)
-                if (p->evs[i]->seq > 0) last = p->evs[i]->seq;
-            /* The answer copies the messages; poll_answer frees p. */
-            poll_answer(c, p->evs, p->n, last, NULL);
-        } else if (tick && now >= p->deadline_ms) {
-            poll_answer(c, NULL, 0, p->after, NULL);
-        }
-    }
-}
-
-/* GET /api/v1/events?after=SEQ&limit=N&types=a,b&wait=S. Returns 1 if the
- * connection stays in HTTP and rest should be parsed now. */
-static int start_poll(conn_t *c, const char *rest, size_t rest_len, int keep_alive)
-{
-    rt_fanout_t *f = c->loop->f;
-    if (refuse_unauthorized(c)) return 0;
-    size_t qlen;
-    const char *q = rt_http_req_query(c->req, &qlen);
-    char val[64];
-    int64_t after = -1, limit = POLL_DEFAULT_LIMIT, wait_s = 0;
-    int n = rt_http_query_get(q, qlen, "after", 0, val, sizeof val);
-    if (n >= 0 && parse_last_id(val, &after) <= 0) {
-        poll_bad(c, "after", "after must be a non-negative integer (an event id)");
-        return 0;
-    }
-    if (n == -2) {
-        poll_bad(c, "after", "after must be a non-negative integer (an event id)");
-        return 0;
-    }
-    n = rt_http_query_get(q, qlen, "limit", 0, val, sizeof val);
-    if (n != -1 && (n < 0 || parse_last_id(val, &limit) <= 0 || limit < 1 ||
-                    limit > POLL_MAX_LIMIT)) {
-        poll_bad(c, "limit", "limit must be an integer from 1 to 1000");
-        return 0;
-    }
-    n = rt_http_query_get(q, qlen, "wait", 0, val, sizeof val);
-    if (n != -1 && (n < 0 || parse_last_id(val, &wait_s) <= 0 || wait_s > POLL_MAX_WAIT_S)) {
-        poll_bad(c, "wait", "wait must be an integer number of seconds from 0 to 30");
-        return 0;
-    }
-    unsigned mask;
-    char bad[64];
-    if (parse_types(q, qlen, &mask, bad, sizeof bad) < 0) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "unknown event type in types: %s", bad);
-        poll_bad(c, "types", msg);
-        return 0;
-    }
-    poll_wait_t *p = calloc(1, sizeof *p);
-    if (!p) abort();
-    p->type_mask = mask;
-    p->limit = (size_t)limit;
-    p->wait_ms = wait_s * 1000;
-    p->keep_alive = keep_alive;
-    c->poll = p;
-    wait_begin(c, rest, rest_len);
-    rt_listener_stats_t *ls = f->listener ? rt_listener_stats(f->listener) : NULL;
-    if (after < 0) {
-        /* No cursor: from now on. The cursor to continue from is the newest
-         * event this loop has seen. */
-        rt_window_t *w = &c->loop->window;
-        p->after = 0;
-        for (size_t i = w->count; i-- > 0;)
-            if (rt_window_at(w, i)->seq > 0) {
-                p->after = rt_window_at(w, i)->seq;
-                break;
-            }
-        if (p->after == 0 && ls) p->after = atomic_load(&ls->last_seq);
-        if (p->wait_ms == 0)
-            poll_answer(c, NULL, 0, p->after, NULL);
-        else
-            poll_wait_live(c);
-        return 0;
-    }
-    p->after = after;
-    if (!poll_from_window(c)) poll_start_fetch(c);
-    return 0;
-}
-
 /* Handles the complete request in c->req. rest: bytes after it. Returns 1 if
  * the connection stays in HTTP (keep-alive) and rest should be parsed as the
  * next request. */
@@ -1877,38 +1141,38 @@ static int handle_request(conn_t *c, const char *rest, size_t rest_len)
     rt_http_req_t *req = c->req;
     char path[1024];
     if (rt_http_req_path(req, path, sizeof path) < 0) {
-        respond_error(c, 400, "path too long", NULL, RT_REFUSE_BAD_REQUEST);
+        fo_respond_error(c, 400, "path too long", NULL, RT_REFUSE_BAD_REQUEST);
         return 0;
     }
     int keep_alive = req->keep_alive && !c->loop->stopping;
     const char *intent_id = NULL;
     int route = route_of(path, &intent_id);
-    const handler_t *h = route == -2 ? find_handler(c->loop->f, path) : NULL;
+    const handler_t *h = route == -2 ? fo_find_handler(c->loop->f, path) : NULL;
     if (route == -2 && !h) {
-        respond_error(c, 404, "not found", NULL, RT_REFUSE_NOT_FOUND);
+        fo_respond_error(c, 404, "not found", NULL, RT_REFUSE_NOT_FOUND);
         return 0;
     }
     if (req->method == HTTP_OPTIONS) {
         char cors[320], extra[600];
-        cors_headers(c, cors, sizeof cors);
+        fo_cors_headers(c, cors, sizeof cors);
         snprintf(extra, sizeof extra,
                  "%sAccess-Control-Allow-Methods: GET, OPTIONS\r\n"
                  "Access-Control-Allow-Headers: Authorization, Last-Event-ID, Content-Type\r\n"
                  "Access-Control-Max-Age: 600\r\nAllow: GET, OPTIONS\r\n",
                  cors);
-        respond(c, 204, NULL, extra, keep_alive);
+        fo_respond(c, 204, NULL, extra, keep_alive);
         return keep_alive;
     }
     if (req->method != HTTP_GET) {
-        respond_error(c, 405, "method not allowed", "Allow: GET, OPTIONS\r\n", RT_REFUSE_METHOD);
+        fo_respond_error(c, 405, "method not allowed", "Allow: GET, OPTIONS\r\n", RT_REFUSE_METHOD);
         return 0;
     }
     if (route == -1) {
-        handle_health(c, path, keep_alive);
+        fo_handle_health(c, path, keep_alive);
         return keep_alive;
     }
-    if (h) return call_handler(c, h, path, rest, rest_len, keep_alive);
-    if (route == -3) return start_poll(c, rest, rest_len, keep_alive);
+    if (h) return fo_call_handler(c, h, path, rest, rest_len, keep_alive);
+    if (route == -3) return fo_start_poll(c, rest, rest_len, keep_alive);
     if (route == ROUTE_WS_INTENTS || route == ROUTE_WS_DASHBOARD) {
         start_ws(c, (route_t)route, rest, rest_len);
         return 0;
@@ -1917,7 +1181,7 @@ static int handle_request(conn_t *c, const char *rest, size_t rest_len)
     return 0;
 }
 
-static void on_http_data(conn_t *c, const char *data, size_t len)
+void fo_on_http_data(conn_t *c, const char *data, size_t len)
 {
     while (c->state == C_HTTP && len > 0) {
         size_t used = 0;
@@ -1925,8 +1189,8 @@ static void on_http_data(conn_t *c, const char *data, size_t len)
         if (r == RT_HTTP_NEED_MORE) return;
         if (r == RT_HTTP_ERROR) {
             int st = c->req->error_status ? c->req->error_status : 400;
-            respond_error(c, st, c->req->error_reason ? c->req->error_reason : "bad request", NULL,
-                          st == 431 ? RT_REFUSE_HEADER_TOO_LARGE : RT_REFUSE_BAD_REQUEST);
+            fo_respond_error(c, st, c->req->error_reason ? c->req->error_reason : "bad request",
+                             NULL, st == 431 ? RT_REFUSE_HEADER_TOO_LARGE : RT_REFUSE_BAD_REQUEST);
             return;
         }
         data += used;
@@ -1949,16 +1213,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
     if (nread < 0) {
-        conn_close(c);
+        fo_conn_close(c);
         return;
     }
     if (nread == 0) return;
     switch (c->state) {
     case C_HTTP:
-        on_http_data(c, buf->base, (size_t)nread);
+        fo_on_http_data(c, buf->base, (size_t)nread);
         break;
     case C_HTTP_WAIT:
-        keep_pipelined(c, buf->base, (size_t)nread);
+        fo_keep_pipelined(c, buf->base, (size_t)nread);
         break;
     case C_WS:
     case C_WS_AUTH:
@@ -1971,7 +1235,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     default:
         break;
     }
-    flush_dirty(c->loop);
+    fo_flush_dirty(c->loop);
 }
 
 /* ---- accepting ------------------------------------------------------------------------ */
@@ -2024,16 +1288,16 @@ static void on_connection(uv_stream_t *server, int status)
     int plen = sizeof peer;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen) == 0) addr_key(&peer, c->addr);
     if (atomic_load(&f->total_conns) > f->cfg->max_conns) {
-        respond_error(c, 503, "server at connection limit", "Retry-After: 5\r\n",
-                      RT_REFUSE_MAX_CONNS);
+        fo_respond_error(c, 503, "server at connection limit", "Retry-After: 5\r\n",
+                         RT_REFUSE_MAX_CONNS);
     } else if (!rt_iplimit_acquire(&f->iplimit, c->addr)) {
-        respond_error(c, 429, "too many connections from this address", "Retry-After: 5\r\n",
-                      RT_REFUSE_PER_IP);
+        fo_respond_error(c, 429, "too many connections from this address", "Retry-After: 5\r\n",
+                         RT_REFUSE_PER_IP);
     } else {
         c->ip_counted = 1;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     }
-    flush_dirty(l);
+    fo_flush_dirty(l);
 }
 
 /* ---- the loop: events, timers, stop ------------------------------------------------------ */
@@ -2049,14 +1313,14 @@ static void recover_overflow(loop_t *l)
         if (c->state == C_WS || c->state == C_WS_AUTH)
             ws_close(c, 1013, "server fell behind: resume with your last id");
         else if (c->state == C_SSE)
-            conn_close_after_flush(c);
+            fo_conn_close_after_flush(c);
     }
 }
 
 static void on_wake(uv_async_t *h)
 {
     loop_t *l = h->data;
-    run_deferred(l);
+    fo_run_deferred(l);
     if (rt_bus_take_recovery(l->sub)) recover_overflow(l);
     rt_event_t *evs[DRAIN_BATCH];
     size_t n;
@@ -2065,7 +1329,7 @@ static void on_wake(uv_async_t *h)
             rt_event_t *ev = evs[i];
             rt_window_push(&l->window, ev);
             for (conn_t *c = l->conns; c; c = c->next) {
-                if (c->poll) poll_offer(c, ev);
+                if (c->poll) fo_poll_offer(c, ev);
                 if ((c->state != C_WS && c->state != C_SSE) || !matches(c, ev)) continue;
                 if (already_replayed(c, ev)) continue;
                 if (c->resume || c->rp) {
@@ -2082,13 +1346,13 @@ static void on_wake(uv_async_t *h)
             rt_event_unref(ev);
             /* Several events per write, but not a whole batch per client:
              * a reader that keeps up must not look slow. */
-            if ((i & (FLUSH_EVERY - 1)) == FLUSH_EVERY - 1) flush_dirty(l);
+            if ((i & (FLUSH_EVERY - 1)) == FLUSH_EVERY - 1) fo_flush_dirty(l);
         }
-        flush_dirty(l);
+        fo_flush_dirty(l);
         if (n < DRAIN_BATCH) break;
     }
-    poll_settle(l, 0);
-    flush_dirty(l);
+    fo_poll_settle(l, 0);
+    fo_flush_dirty(l);
 }
 
 static const char keepalive_comment[] = ": keepalive\n\n";
@@ -2109,7 +1373,7 @@ static void on_tick(uv_timer_t *t)
         case C_HTTP:
             if (now - c->since_ms > (uint64_t)cfg->header_timeout_ms) {
                 STAT_ADD(l, refused[RT_REFUSE_HEADER_TIMEOUT], 1);
-                respond(c, 408, "{\"error\":\"request timeout\",\"status\":408}", NULL, 0);
+                fo_respond(c, 408, "{\"error\":\"request timeout\",\"status\":408}", NULL, 0);
             }
             break;
         case C_WS_AUTH:
@@ -2137,19 +1401,19 @@ static void on_tick(uv_timer_t *t)
             }
             break;
         case C_CLOSING:
-            if (c->close_after_flush && now - c->since_ms > CLOSE_GRACE_MS) conn_close(c);
+            if (c->close_after_flush && now - c->since_ms > CLOSE_GRACE_MS) fo_conn_close(c);
             break;
         case C_HTTP_WAIT:
             break; /* the handler answers (or the shutdown does) */
         }
     }
-    poll_settle(l, 1);
-    flush_dirty(l);
+    fo_poll_settle(l, 1);
+    fo_flush_dirty(l);
 }
 
 static void close_loop_handles(loop_t *l)
 {
-    close_deferred(l);
+    fo_close_deferred(l);
     if (!uv_is_closing((uv_handle_t *)&l->wake)) uv_close((uv_handle_t *)&l->wake, NULL);
     if (!uv_is_closing((uv_handle_t *)&l->stop)) uv_close((uv_handle_t *)&l->stop, NULL);
     if (!uv_is_closing((uv_handle_t *)&l->tick)) uv_close((uv_handle_t *)&l->tick, NULL);
@@ -2161,7 +1425,7 @@ static void on_deadline(uv_timer_t *t)
     loop_t *l = t->data;
     for (conn_t *c = l->conns, *next; c; c = next) {
         next = c->next;
-        conn_close(c);
+        fo_conn_close(c);
     }
     close_loop_handles(l);
 }
@@ -2177,14 +1441,14 @@ static void on_stop(uv_async_t *h)
             if (c->state == C_WS || c->state == C_WS_AUTH)
                 ws_close(c, 1001, "server shutting down");
             else if (c->state == C_SSE || c->state == C_HTTP)
-                conn_close_after_flush(c);
+                fo_conn_close_after_flush(c);
             else if (c->state == C_HTTP_WAIT) {
                 detach_deferred(c);
                 c->state = C_HTTP;
-                respond(c, 503, "{\"error\":\"server shutting down\",\"status\":503}", NULL, 0);
+                fo_respond(c, 503, "{\"error\":\"server shutting down\",\"status\":503}", NULL, 0);
             }
         }
-        flush_dirty(l);
+        fo_flush_dirty(l);
         uv_timer_start(&l->deadline, on_deadline, (uint64_t)l->f->cfg->shutdown_timeout_ms, 0);
     }
     if (l->nconns == 0) close_loop_handles(l);
@@ -2222,7 +1486,8 @@ rt_fanout_t *rt_fanout_new(const rt_config_t *cfg, rt_bus_t *bus, rt_listener_t 
         return NULL;
     }
     g_conninfo = cfg->database_url;
-    f->nloops = cfg->fanout_threads > 0 ? (int)cfg->fanout_threads : (int)uv_available_parallelism();
+    f->nloops =
+        cfg->fanout_threads > 0 ? (int)cfg->fanout_threads : (int)uv_available_parallelism();
     if (f->nloops < 1) f->nloops = 1;
     rt_auth_init(&f->auth, cfg->auth_token, cfg->jwt_secret);
     rt_iplimit_init(&f->iplimit, (uint32_t)cfg->max_conns_per_ip);
@@ -2276,8 +1541,8 @@ static int bind_socket(rt_fanout_t *f, const struct sockaddr_storage *addr)
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    socklen_t len = addr->ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                                : sizeof(struct sockaddr_in6);
+    socklen_t len =
+        addr->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (bind(fd, (const struct sockaddr *)addr, len) < 0) {
         int e = -errno;
         close(fd);
@@ -2294,7 +1559,8 @@ int rt_fanout_start(rt_fanout_t *f)
         int fd = bind_socket(f, &addr);
         if (fd < 0) {
             rt_error(COMP, "cannot listen on %s: %s", f->cfg->listen, strerror(-fd));
-            for (int j = 0; j < i; j++) close(f->loops[j].fd), f->loops[j].fd = -1;
+            for (int j = 0; j < i; j++)
+                close(f->loops[j].fd), f->loops[j].fd = -1;
             return fd;
         }
         if (i == 0) {
@@ -2318,7 +1584,8 @@ int rt_fanout_start(rt_fanout_t *f)
         }
         uv_timer_start(&l->tick, on_tick, f->tick_ms, f->tick_ms);
     }
-    for (int i = 0; i < f->nloops; i++) pthread_create(&f->loops[i].thread, NULL, loop_main, &f->loops[i]);
+    for (int i = 0; i < f->nloops; i++)
+        pthread_create(&f->loops[i].thread, NULL, loop_main, &f->loops[i]);
     f->started = 1;
     rt_info(COMP, "listening on %s (port %d, %d loops)", f->cfg->listen, f->port, f->nloops);
     if (f->norigins == 0) rt_info(COMP, "--allowed-origins unset: every origin is allowed");
@@ -2333,8 +1600,10 @@ int rt_fanout_port(const rt_fanout_t *f)
 void rt_fanout_shutdown(rt_fanout_t *f)
 {
     if (!f->started) return;
-    for (int i = 0; i < f->nloops; i++) uv_async_send(&f->loops[i].stop);
-    for (int i = 0; i < f->nloops; i++) pthread_join(f->loops[i].thread, NULL);
+    for (int i = 0; i < f->nloops; i++)
+        uv_async_send(&f->loops[i].stop);
+    for (int i = 0; i < f->nloops; i++)
+        pthread_join(f->loops[i].thread, NULL);
     f->started = 0;
 }
 
@@ -2355,12 +1624,13 @@ void rt_fanout_free(rt_fanout_t *f)
         uv_run(&l->uv, UV_RUN_DEFAULT);
         uv_loop_close(&l->uv);
         rt_window_close(&l->window);
-        close_deferred(l);
+        fo_close_deferred(l);
         pthread_mutex_destroy(&l->dmu);
         free(l->dirty);
         free(l->readbuf);
     }
-    for (int i = 0; i < f->norigins; i++) free(f->origins[i]);
+    for (int i = 0; i < f->norigins; i++)
+        free(f->origins[i]);
     free(f->origins);
     rt_iplimit_close(&f->iplimit);
     free(f->loops);
@@ -2372,16 +1642,19 @@ void rt_fanout_stats(rt_fanout_t *f, rt_fanout_stats_t *out)
     memset(out, 0, sizeof *out);
     for (int i = 0; i < f->nloops; i++) {
         loop_stats_t *s = &f->loops[i].st;
-        for (int t = 0; t < RT_TRANSPORT__COUNT; t++) out->active[t] += atomic_load(&s->active[t]);
+        for (int t = 0; t < RT_TRANSPORT__COUNT; t++)
+            out->active[t] += atomic_load(&s->active[t]);
         out->accepted += atomic_load(&s->accepted);
-        for (int r = 0; r < RT_REFUSE__COUNT; r++) out->refused[r] += atomic_load(&s->refused[r]);
+        for (int r = 0; r < RT_REFUSE__COUNT; r++)
+            out->refused[r] += atomic_load(&s->refused[r]);
         out->slow_disconnects += atomic_load(&s->slow_disconnects);
         out->ping_timeouts += atomic_load(&s->ping_timeouts);
         out->events_sent += atomic_load(&s->events_sent);
         out->resumes += atomic_load(&s->resumes);
         out->resyncs += atomic_load(&s->resyncs);
         out->ring_overflows += atomic_load(&s->ring_overflows);
-        for (int b = 0; b <= RT_LATENCY_NB; b++) out->lat[b] += atomic_load(&s->lat[b]);
+        for (int b = 0; b <= RT_LATENCY_NB; b++)
+            out->lat[b] += atomic_load(&s->lat[b]);
         out->lat_sum_s += (double)atomic_load(&s->lat_sum_us) / 1e6;
         out->lat_count += atomic_load(&s->lat_count);
     }

@@ -17,6 +17,9 @@
 #                 under 500 events/s; zero lost
 #   6 spec        the spec's own test: 100 WS clients, connection time,
 #                 fan-out time and latency (avg, p95) over 20 sequential events
+#   7 dashboard   wrk (64 connections) on the dashboard overview while 1 000
+#                 WS clients receive 1 000 events/s; the fan-out alone first,
+#                 for the ratio (issue #6)
 #
 # Each scenario starts its own PostgreSQL (test/pg.sh: fsync, synchronous_commit
 # and full_page_writes off) and its own rtbridge on free ports, runs
@@ -37,6 +40,7 @@
 #   S1_CLIENTS S1_RATE S1_DURATION      S2_CLIENTS S2_RATES S2_STEP
 #   S3_WS S3_SSE S3_HOLD S3_SERVERS     S4_CLIENTS S4_RATE S4_DURATION S4_BARE_SECONDS
 #   S5_CLIENTS S5_RATE S5_DURATION S5_DROP_EVERY       S6_CLIENTS S6_EVENTS S6_RATE
+#   S7_CLIENTS S7_RATE S7_DURATION S7_PATH
 set -u
 
 prog=scenarios.sh
@@ -641,9 +645,97 @@ EOF
 )"
 }
 
+# ---- 7: dashboard API under fan-out load (issue #6) ---------------------------------
+
+# wrk on the dashboard overview while 1 000 WS clients receive events; the
+# same fan-out run without wrk first, so the ratio shows what the API costs
+# the subscribers.
+s_dashboard() {
+    local n=${S7_CLIENTS:-1000} rate=${S7_RATE:-1000} dur=${S7_DURATION:-10}
+    local path=${S7_PATH:-/api/v1/dashboard/overview} port ok=1
+    if ! command -v wrk >/dev/null; then
+        row "7 dashboard | wrk is not installed (make deps)"
+        failed="$failed dashboard"
+        return
+    fi
+    begin "7 dashboard: wrk -c64 on $path for $dur s while $n WS clients receive $rate events/s"
+    start_pg dashboard
+    port=$(sh "$root/test/pg.sh" freeport)
+    echo "$BIN serve --listen 127.0.0.1:$port --max-conns-per-ip 0 --log-level warn" | sed "s#$build/#\$B/#g" >>"$tmp/commands"
+    start_server "$tmp/s7.log" "$port"
+    if ! curl -sf "http://127.0.0.1:$port$path" >/dev/null; then
+        row "7 dashboard | $path does not answer 200"
+        failed="$failed dashboard"
+        stop_server "$SPID"
+        stop_pg dashboard
+        return
+    fi
+    cpu_mark
+    local lg=("$LG" --ws "ws://127.0.0.1:$port/ws/intents" --clients "$n" --db "$PGURL"
+        --produce-rate "$rate" --producers 2 --duration "$dur" --server-pid "$SPID" --quiet)
+    run timeout -k 5 $((dur + 120)) "${lg[@]}" --label dashboard-alone --json "$tmp/s7-alone.json" || ok=0
+    # The same run with wrk: wrk starts once every client is connected (the
+    # producer starts then too) and runs as long as the producer.
+    run timeout -k 5 $((dur + 120)) "${lg[@]}" --label dashboard-loaded --json "$tmp/s7-loaded.json" &
+    local lgp=$!
+    pids+=("$lgp")
+    for _ in $(seq 1 600); do
+        [ "$(curl -s "http://127.0.0.1:$port/health/realtime" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"]["websocket"])' 2>/dev/null)" = "$n" ] && break
+        sleep 0.1
+    done
+    run timeout -k 5 $((dur + 30)) wrk -t 1 -c 64 -d "${dur}s" --latency "http://127.0.0.1:$port$path" >"$tmp/s7-wrk.txt" 2>&1 || ok=0
+    wait "$lgp" || ok=0
+    cat "$tmp/s7-wrk.txt"
+    local st
+    stop_server "$SPID"
+    st=$SEXIT
+    stop_pg dashboard
+    [ "$st" = 0 ] || ok=0
+    if [ ! -s "$tmp/s7-alone.json" ] || [ ! -s "$tmp/s7-loaded.json" ]; then
+        failed="$failed dashboard"
+        row "7 dashboard | no result"
+        return
+    fi
+    python3 - "$tmp/s7-alone.json" "$tmp/s7-loaded.json" "$tmp/s7-wrk.txt" "$st" >"$tmp/s7x.json" <<'EOF'
+import json, re, sys
+alone, loaded = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+txt = open(sys.argv[3]).read()
+def ms(v, unit): return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+pct = {m.group(1): ms(m.group(2), m.group(3))
+       for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", txt, re.M)}
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", txt).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", txt)
+p99a, p99b = alone["latency_ms"]["p99"], loaded["latency_ms"]["p99"]
+ratio = p99b / p99a if p99a > 0 else None
+lost = alone["delivery"]["lost"] + loaded["delivery"]["lost"]
+print(json.dumps({
+    "server_exit": int(sys.argv[4]),
+    "wrk": {"requests_per_s": rps, "latency_ms": pct, "non_2xx": int(errors.group(1)) if errors else 0},
+    "fanout_alone": alone, "fanout_loaded": loaded, "fanout_p99_ratio": ratio,
+    "targets": {"api_p99_ms": {"target": 5, "measured": pct.get("99"), "met": pct.get("99", 1e9) < 5},
+                "fanout_p99_ratio": {"target": 1.2, "measured": ratio,
+                                     "met": ratio is not None and ratio <= 1.2},
+                "lost": {"target": 0, "measured": lost, "met": lost == 0}}}))
+EOF
+    save dashboard "$tmp/s7x.json"
+    [ $ok = 1 ] || failed="$failed dashboard"
+    row "$(python3 - "$tmp/s7x.json" <<'EOF'
+import json, sys
+x = json.load(open(sys.argv[1])); t = x["targets"]
+print("7 dashboard | API %.0f req/s p99 %.2f ms (target < 5: %s) | fan-out p99 %.2f ms alone, %.2f ms with wrk, "
+      "ratio %.2f (target <= 1.2: %s) | lost %d"
+      % (x["wrk"]["requests_per_s"], t["api_p99_ms"]["measured"] or -1,
+         "met" if t["api_p99_ms"]["met"] else "MISSED", x["fanout_alone"]["latency_ms"]["p99"],
+         x["fanout_loaded"]["latency_ms"]["p99"], x["fanout_p99_ratio"] or -1,
+         "met" if t["fanout_p99_ratio"]["met"] else "MISSED", t["lost"]["measured"]))
+EOF
+)"
+}
+
 # ---- main --------------------------------------------------------------------------
 
-want=${*:-1 2 3 4 5 6}
+want=${*:-1 2 3 4 5 6 7}
 echo "# rtbridge fan-out benchmarks (issue #4), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "# $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for s in $want; do
@@ -654,7 +746,8 @@ for s in $want; do
         4 | broadcast) s_broadcast ;;
         5 | resume) s_resume ;;
         6 | spec) s_spec ;;
-        *) die "unknown scenario '$s' (1..6 or latency, throughput, connections, broadcast, resume, spec)" ;;
+        7 | dashboard) s_dashboard ;;
+        *) die "unknown scenario '$s' (1..7 or latency, throughput, connections, broadcast, resume, spec, dashboard)" ;;
     esac
 done
 echo
