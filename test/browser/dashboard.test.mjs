@@ -186,6 +186,36 @@ for (const transport of ['sse', 'ws', 'poll']) {
     });
 }
 
+test('with --auth-token each transport passes the token the way the server expects; a wrong one never goes live', { timeout: 60000 }, async () => {
+  const token = 'dashboard-s3cret';
+  const authed = await startServer(db.url, ['--auth-token', token]);
+  try {
+    for (const transport of ['sse', 'ws', 'poll']) {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      try {
+        await page.goto(authed.url(`/?transport=${transport}&token=${token}`));
+        await waitLive(page, transport);
+        const ids = await insertIntents(db, 1);
+        await waitForIds(page, await seqsOf(ids));
+      } finally {
+        await context.close();
+      }
+    }
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    try {
+      await page.goto(authed.url('/?transport=ws&token=wrong'));
+      await page.waitForSelector('#conn[data-state="reconnecting"][data-transport="ws"]', { timeout: 10000 });
+      assert.notEqual(await page.getAttribute('#conn', 'data-state'), 'open');
+    } finally {
+      await context.close();
+    }
+  } finally {
+    assert.equal(await authed.stop(), 0, authed.log());
+  }
+});
+
 test('SSE blocked → WebSocket; SSE and WebSocket blocked → polling', { timeout: 60000 }, async () => {
   const blockSse = (page) => page.route('**/api/v2/events/stream*', (r) => r.abort());
   const p1 = await openPage('/', { setup: blockSse });
