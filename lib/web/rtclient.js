@@ -320,8 +320,15 @@ export class RealtimeClient {
     // The browser would reconnect by itself after `retry:`; the client
     // decides instead (backoff, fallback), so any error ends this source.
     es.onerror = () => h.error(handle.opened ? 'SSE stream ended' : 'SSE connection failed');
+    // An event without an id: line keeps the stream's previous lastEventId;
+    // journaled ids never repeat within a stream, so a repeat means "none".
+    let prevId = '';
     for (const t of this.types || EVENT_TYPES) {
-      es.addEventListener(t, (m) => h.message(fromSse(t, m.data, m.lastEventId)));
+      es.addEventListener(t, (m) => {
+        const own = m.lastEventId !== prevId ? m.lastEventId : '';
+        prevId = m.lastEventId;
+        h.message(fromSse(t, m.data, own));
+      });
     }
     es.addEventListener('resync', (m) => {
       const r = fromSse('resync', m.data, '');

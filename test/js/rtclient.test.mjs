@@ -195,6 +195,21 @@ test('SSE: events once each across a reconnect that replays, resuming from the l
   assert.equal(t.timers.pending.size, 0);
 });
 
+test('SSE: an event without an id: line (lastEventId carried over) is delivered, not taken for a duplicate', () => {
+  const t = client({ transport: 'sse' });
+  t.es[0].onopen();
+  t.es[0].emit('intent_update', { intent_id: 'a' }, '7');
+  t.es[0].emit('stats_updated', { total_intents: 1 }, '7'); // what EventSource reports without id:
+  t.es[0].emit('stats_updated', { total_intents: 2 }, '0'); // the server's id: 0 for unjournaled events
+  t.es[0].emit('alert_firing', { rule: 'r' }, '0');
+  t.es[0].emit('intent_update', { intent_id: 'a' }, '8');
+  assert.deepEqual(t.got, [7, null, 0, null, 8]);
+  t.es[0].onerror();
+  t.timers.fire();
+  assert.match(t.es[1].url, /last_event_id=8/);
+  t.c.close();
+});
+
 test('backoff grows while reconnects fail and resets after a success', () => {
   const t = client({ transport: 'sse' });
   t.es[0].onopen();
