@@ -7,6 +7,8 @@
 import { RealtimeClient } from './rtclient.js';
 
 const FEED_MAX = 300;          // rows kept in the table (and in memory for filtering)
+const FLUSH_MS = 250;          // at most four feed updates a second, however fast events come
+const HIGHLIGHT_MAX = 40;      // rows of one update that flash as new
 const PAUSE_MAX = 2000;        // events kept while paused
 const MINUTES = 60;            // chart span
 const OVERVIEW_REFRESH_MS = 30000;
@@ -64,9 +66,8 @@ function setValue(id, text) {
   const e = $(id);
   if (e.textContent === text) return;
   e.textContent = text;
-  e.classList.remove('bump');
-  void e.offsetWidth; // restart the animation
-  e.classList.add('bump');
+  // The Web Animations API restarts the flash without forcing a layout.
+  if (e.animate) e.animate([{ color: '#4cc2ff' }, { color: '#e6edf3' }], { duration: 800, easing: 'ease-out' });
 }
 
 // ---- overview -----------------------------------------------------------------------
@@ -312,10 +313,23 @@ function addToFeed(evs) {
   // newest FEED_MAX can be shown, so only those are built.
   const first = Math.max(0, evs.length - FEED_MAX);
   for (let i = first; i < evs.length; i++) feed.rows.push(evs[i]);
-  for (let i = evs.length - 1; i >= first; i--) if (passes(evs[i])) frag.append(rowFor(evs[i], true));
+  let built = 0;
+  for (let i = evs.length - 1; i >= first; i--) {
+    if (passes(evs[i])) frag.append(rowFor(evs[i], built++ < HIGHLIGHT_MAX));
+  }
   if (feed.rows.length > FEED_MAX) feed.rows.splice(0, feed.rows.length - FEED_MAX);
-  body.prepend(frag);
-  while (body.childElementCount > FEED_MAX) body.lastElementChild.remove();
+  if (built >= FEED_MAX) {
+    body.replaceChildren(frag);
+  } else {
+    body.prepend(frag);
+    if (body.childElementCount > FEED_MAX) {
+      // The oldest rows go in one operation, not one by one.
+      const r = document.createRange();
+      r.setStartBefore(body.children[FEED_MAX]);
+      r.setEndAfter(body.lastElementChild);
+      r.deleteContents();
+    }
+  }
   updateFeedCount();
 }
 
@@ -328,20 +342,34 @@ function refilter() {
 
 let pending = [];
 let flushQueued = false;
+let lastFlush = -Infinity;
+
+// Events are shown in batches: the first after a quiet spell at the next
+// frame, then at most one update every FLUSH_MS, so a burst of thousands
+// costs a few table updates, not thousands (hidden tabs have no frames).
+function scheduleFlush() {
+  if (flushQueued) return;
+  flushQueued = true;
+  const flush = () => {
+    flushQueued = false;
+    lastFlush = performance.now();
+    const b = pending;
+    pending = [];
+    if (feed.paused) updateFeedCount();
+    else addToFeed(b);
+  };
+  const wait = Math.max(0, lastFlush + FLUSH_MS - performance.now());
+  setTimeout(() => (document.hidden ? flush() : requestAnimationFrame(flush)), wait);
+}
+
 function queueFeed(ev) {
   if (feed.paused) {
     feed.held.push(ev);
     if (feed.held.length > PAUSE_MAX) feed.held.splice(0, feed.held.length - PAUSE_MAX);
-    updateFeedCount();
-    return;
+  } else {
+    pending.push(ev);
   }
-  pending.push(ev);
-  if (flushQueued) return;
-  flushQueued = true;
-  // One DOM update per frame however fast events come (hidden tabs: timers).
-  const flush = () => { flushQueued = false; const b = pending; pending = []; addToFeed(b); };
-  if (document.hidden) setTimeout(flush, 250);
-  else requestAnimationFrame(flush);
+  scheduleFlush();
 }
 
 function setPaused(p) {
@@ -419,7 +447,9 @@ function countEvent(ev) {
 
 function tickRate() {
   const cutoff = Date.now() - 10000;
-  while (pageRate.length && pageRate[0] < cutoff) pageRate.shift();
+  let drop = 0;
+  while (drop < pageRate.length && pageRate[drop] < cutoff) drop++;
+  if (drop) pageRate = pageRate.slice(drop);
   const r = pageRate.length / 10;
   $('ov-eps-sub').textContent = `this page: ${r.toFixed(1)}/s`;
   if (!overview.data || typeof overview.data.events_per_second !== 'number') setValue('ov-eps', r.toFixed(1));

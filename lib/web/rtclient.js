@@ -148,7 +148,6 @@ export class RealtimeClient {
   // For tests: EventSource, WebSocket, fetch, setTimeout, clearTimeout,
   // random, now.
   constructor(options = {}) {
-    this.opts = options;
     this.base = String(options.url || defaultBase()).replace(/\/+$/, '');
     this.types = Array.isArray(options.types) && options.types.length ? options.types.slice() : null;
     this.intentIds = Array.isArray(options.intentIds) && options.intentIds.length ? new Set(options.intentIds.map(String)) : null;
@@ -175,7 +174,6 @@ export class RealtimeClient {
     this.closed = false;
     this.state = 'idle';
     this.transport = null;
-    this.connectedOnce = false;
     // Connecting waits for the current task to end, so listeners registered
     // right after the constructor see the first status too.
     if (options.autoConnect !== false) queueMicrotask(() => this.connect());
@@ -240,7 +238,6 @@ export class RealtimeClient {
   onOpen(handle) {
     if (handle !== this.conn || handle.opened) return;
     handle.opened = true;
-    this.connectedOnce = true;
     this.failedInRow = 0;
     this.attempt = 0;
     this.setStatus('open');
@@ -376,14 +373,16 @@ export class RealtimeClient {
     };
     const headers = { Accept: 'application/json' };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
-    // The first request only learns where the stream is (wait=0); later ones
-    // wait for events.
+    // Without a position, the first request only learns where the stream is
+    // (no after=, wait=0); later ones wait for events.
     let cursor = this.gate.lastId;
+    let first = true;
     const loop = async () => {
       while (!stopped) {
         ctrl = typeof AbortController !== 'undefined' ? new AbortController() : null;
-        const wait = cursor === null ? 0 : this.pollWait;
-        const url = `${this.base}/api/v1/events${this.query({ after: cursor, limit: 500, wait })}`;
+        const wait = first && cursor === null ? 0 : this.pollWait;
+        first = false;
+        const url = `${this.base}/api/v1/events${this.query({ after: cursor, limit: 1000, wait })}`;
         let body;
         try {
           const r = await fetchFn(url, { headers, cache: 'no-store', signal: ctrl ? ctrl.signal : undefined });
@@ -406,7 +405,10 @@ export class RealtimeClient {
           if (typeof m.id === 'number') h.message({ type: m.type, id: m.id, data: m.data, timestamp: m.timestamp ?? null });
         }
         const from = cursor;
-        if (typeof body.last_id === 'number') cursor = body.last_id;
+        // last_id 0 is no position (a server that has seen no event yet):
+        // after=0 would replay the whole journal, so stay without a cursor
+        // and wait for live events until one gives a position.
+        if (typeof body.last_id === 'number' && body.last_id > 0) cursor = body.last_id;
         else if (this.gate.lastId !== null) cursor = this.gate.lastId;
         if (body.resync && !body.events.some((m) => m && m.type === 'resync')) {
           h.resync({ type: 'resync', reason: body.reason, last_id: body.last_id });

@@ -315,6 +315,21 @@ test('polling: Authorization header, cursor from last_id, long-poll wait, no dup
   t.c.close();
 });
 
+test('polling: a last_id of 0 is no position: wait for live events without after=, never replay from 0', async () => {
+  const t = client({ transport: 'poll', pollWait: 20 });
+  assert.doesNotMatch(t.polls[0].url, /after=/);
+  assert.match(t.polls[0].url, /wait=0/);
+  t.polls[0].resolve(200, { events: [], last_id: 0 });
+  await flush();
+  assert.doesNotMatch(t.polls[1].url, /after=/);
+  assert.match(t.polls[1].url, /wait=20/);
+  t.polls[1].resolve(200, { events: [ev(7)], last_id: 7 });
+  await flush();
+  assert.match(t.polls[2].url, /after=7&/);
+  assert.deepEqual(t.got, [7]);
+  t.c.close();
+});
+
 test('switching transports keeps de-duplication: an event seen on SSE is not delivered again by WebSocket', () => {
   const t = client({});
   t.es[0].onopen();
