@@ -203,9 +203,6 @@ function renderChart() {
   for (const f of [0.5, 1]) {
     nodes.push(svg('line', { class: 'grid', x1: 0, x2: W, y1: y(nice * f), y2: y(nice * f) }));
   }
-  const label = svg('text', { class: 'ylabel', x: 4, y: y(nice) + 10 });
-  label.textContent = String(nice);
-  nodes.push(label);
   const pts = [];
   for (let i = 0; i < MINUTES; i++) {
     const m = first + i;
@@ -219,6 +216,8 @@ function renderChart() {
   }
   nodes.push(svg('polyline', { class: 'line', points: pts.join(' ') }));
   chart.replaceChildren(...nodes);
+  // The scale is text outside the SVG, which is stretched to its box.
+  $('chart-max').textContent = `top line: ${nice} / min`;
   const axis = $('chart-axis');
   const labels = [];
   for (let k = 0; k <= 4; k++) {
