@@ -354,25 +354,36 @@ function scheduleFlush() {
     lastFlush = performance.now();
     const b = pending;
     pending = [];
-    if (feed.paused) updateFeedCount();
-    else addToFeed(b);
+    if (!feed.paused) {
+      addToFeed(b);
+      return;
+    }
+    // Paused since these were queued: they wait with the others.
+    holdAll(b);
+    updateFeedCount();
   };
   const wait = Math.max(0, lastFlush + FLUSH_MS - performance.now());
   setTimeout(() => (document.hidden ? flush() : requestAnimationFrame(flush)), wait);
 }
 
+function holdAll(evs) {
+  for (const ev of evs) feed.held.push(ev);
+  if (feed.held.length > PAUSE_MAX) feed.held.splice(0, feed.held.length - PAUSE_MAX);
+}
+
 function queueFeed(ev) {
-  if (feed.paused) {
-    feed.held.push(ev);
-    if (feed.held.length > PAUSE_MAX) feed.held.splice(0, feed.held.length - PAUSE_MAX);
-  } else {
-    pending.push(ev);
-  }
+  if (feed.paused) holdAll([ev]);
+  else pending.push(ev);
   scheduleFlush();
 }
 
 function setPaused(p) {
   feed.paused = p;
+  if (p && pending.length) {
+    // Queued but not shown yet: they wait too, ahead of what comes next.
+    holdAll(pending);
+    pending = [];
+  }
   $('pause').setAttribute('aria-pressed', String(p));
   if (!p && feed.held.length) {
     const b = feed.held;

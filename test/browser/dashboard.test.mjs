@@ -288,7 +288,8 @@ test('alert_firing shows a toast coloured by severity; alert_resolved another', 
     await alert('alert_resolved', 900000000002, 'critical');
     const done = await p.page.waitForSelector('.toast[data-type="alert_resolved"]', { timeout: 2000 });
     assert.equal(await done.evaluate((e) => getComputedStyle(e).borderLeftColor), 'rgb(63, 185, 80)', 'resolved is green');
-    assert.equal(await p.page.locator('#feed tr[data-type^="alert_"]').count(), 2, 'alerts are in the feed too');
+    // The feed updates in batches, the toasts at once.
+    await waitUntil(async () => (await p.page.locator('#feed tr[data-type^="alert_"]').count()) === 2, 2000, 'both alerts in the feed');
   } finally {
     await p.close();
   }
