@@ -173,6 +173,12 @@ static const opt_t opts[] = {
                  "90d", "daily partitions of audit_logs_ts wholly older than this are dropped"),
     OPT_BOOL("once", "RTBRIDGE_ETL_ONCE", etl_once, "off",
              "etl: load everything pending, print rows loaded and lag, and exit"),
+    /* metrics aggregator and dashboard API */
+    OPT_DURATION("metrics-reconcile-interval", "RTBRIDGE_METRICS_RECONCILE_INTERVAL",
+                 metrics_reconcile_interval_ms, 100 * MS, DAY, "30s",
+                 "how often the metrics re-read totals, statuses and buckets from the database"),
+    OPT_DURATION("stats-interval", "RTBRIDGE_STATS_INTERVAL", stats_interval_ms, 100 * MS, HOUR,
+                 "10s", "period of the stats_updated event (the dashboard overview numbers)"),
     /* dashboard page (lib/static.c) */
     OPT_STRING("web-root", "RTBRIDGE_WEB_ROOT", web_root, NULL, "DIR",
                "serve the dashboard's files (/ and /static/) from DIR instead of the embedded "

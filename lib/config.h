@@ -56,6 +56,9 @@ typedef struct rt_config {
     int64_t etl_retention_ms;     /* daily partitions older than this are dropped */
     int etl_once;                 /* --once (etl command): catch up, print, exit */
 
+    /* metrics aggregator and dashboard API */
+    int64_t metrics_reconcile_interval_ms; /* reconcile totals with the database */
+    int64_t stats_interval_ms;             /* period of the stats_updated event */
     /* dashboard page */
     char *web_root;               /* --web-root: serve lib/web from here; NULL: embedded */
 } rt_config_t;

@@ -90,8 +90,13 @@ rt_event_t *rt_event_new(rt_event_type_t type, int64_t seq, const char *channel,
                      strlen(seqs) + body_len + strlen(when);
     unsigned char hdr[10];
     size_t hdr_len = ws_header(hdr, msg_len);
-    /* id: S\nevent: T\ndata: B\n\n */
-    size_t sse_len = strlen("id: \nevent: \ndata: \n\n") + strlen(seqs) + strlen(tname) + body_len;
+    /* id: S\nevent: T\ndata: B\n\n. An event that is not journaled (seq 0:
+     * stats_updated, application events) has no id line: a browser keeps
+     * the last id it had, where "id: 0" would make it resume from 0, and be
+     * sent everything the journal still holds. */
+    int sse_id = seq > 0;
+    size_t sse_len = strlen("event: \ndata: \n\n") +
+                     (sse_id ? strlen("id: \n") + strlen(seqs) : 0) + strlen(tname) + body_len;
 
     size_t total = sizeof(rt_event_t) + chan_len + 1 + key_len + 1 + body_len + 1 + hdr_len +
                    msg_len + 1 + sse_len + 1;
@@ -131,7 +136,8 @@ rt_event_t *rt_event_new(rt_event_type_t type, int64_t seq, const char *channel,
     ev->msg_len = msg_len;
     p += msg_len + 1;
 
-    n = snprintf(p, sse_len + 1, "id: %s\nevent: %s\ndata: ", seqs, tname);
+    n = sse_id ? snprintf(p, sse_len + 1, "id: %s\nevent: %s\ndata: ", seqs, tname)
+               : snprintf(p, sse_len + 1, "event: %s\ndata: ", tname);
     memcpy(p + n, body, body_len);
     n += (int)body_len;
     memcpy(p + n, "\n\n", 3);

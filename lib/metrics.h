@@ -79,9 +79,18 @@ void rt_metrics_on_snapshot(rt_metrics_t *m, rt_metrics_snapshot_cb cb, void *ar
  *   etl_lag_seconds, listener_connected, active_connections,
  *   slow_consumer_disconnects, ring_overflows
  * Returns 0 and *out, or -1 when name is unknown.
+ * avg_processing_time_* and correction_rate_1h come from the last
+ * reconciliation (at most --metrics-reconcile-interval old); the others
+ * follow the events (snapshot at most 50 ms behind) or are read live.
  */
 int rt_metrics_value(rt_metrics_t *m, const char *name, double *out);
 /* The names above, NULL-terminated (for rule validation messages). */
 const char *const *rt_metrics_value_names(void);
+
+/* NULL while the correction figures are real; otherwise why they are 0 (no
+ * intents.correction_history column, a column of another type, not
+ * reconciled yet), for /health/realtime. The string stays valid until the
+ * calling thread calls this again. Any thread. */
+const char *rt_metrics_corrections_unavailable(rt_metrics_t *m);
 
 #endif

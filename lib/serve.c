@@ -13,6 +13,7 @@
 #include "journal.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "static.h"
 
 #include <errno.h>
@@ -39,6 +40,7 @@ typedef struct serve_ctx {
     rt_listener_t *listener;
     rt_fanout_t *fanout;
     rt_etl_t *etl; /* NULL with --etl=off */
+    rt_metrics_t *metrics;
     int stopping;
 } serve_ctx_t;
 
@@ -179,7 +181,28 @@ int rt_serve_run(const rt_config_t *cfg)
             goto out;
         }
     }
+    rt_metrics_opts_t mo = {
+        .conninfo = cfg->database_url,
+        .bus = s.bus,
+        .ring_size = (unsigned)cfg->bus_ring_size,
+        .reconcile_interval_ms = cfg->metrics_reconcile_interval_ms,
+        .stats_interval_ms = cfg->stats_interval_ms,
+        .listener = s.listener,
+        .fanout = s.fanout,
+        .etl = s.etl,
+    };
+    s.metrics = rt_metrics_new(&mo);
+    int hrc = s.metrics ? rt_fanout_add_handler(s.fanout, "/metrics", rt_metrics_handle, s.metrics)
+                        : -errno;
+    if (hrc == 0)
+        hrc = rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics);
+    if (hrc < 0) {
+        rt_error(COMP, "cannot set up the metrics aggregator: %s", strerror(-hrc));
+        status = 1;
+        goto out;
+    }
     int rc = rt_fanout_start(s.fanout);
+    if (rc == 0) rc = rt_metrics_start(s.metrics);
     if (rc == 0 && s.etl) rc = rt_etl_start(s.etl);
     if (rc == 0) rc = rt_listener_start(s.listener);
     if (rc < 0) {
@@ -194,9 +217,12 @@ int rt_serve_run(const rt_config_t *cfg)
     /* Clients first (close frames, drained writes), then the producer. */
     rt_fanout_shutdown(s.fanout);
 out:
+    /* Answers its deferred requests (503) before the fan-out is freed. */
+    rt_metrics_stop(s.metrics);
     rt_listener_free(s.listener);
     /* After the producer: its ring lives in the bus, freed last. */
     rt_etl_free(s.etl);
+    rt_metrics_free(s.metrics);
     rt_fanout_free(s.fanout);
     rt_bus_free(s.bus);
     if (status != 0) {

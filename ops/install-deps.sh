@@ -19,7 +19,7 @@ PACKAGES=(
     node-llhttp libwslay-dev libcurl4-openssl-dev libjwt-dev
     postgresql-15 postgresql-client-15
     python3 procps curl
-    wrk
+    prometheus wrk
     chromium # the dashboard's browser tests (test/browser, driven by npm playwright-core)
 )
 

@@ -119,8 +119,10 @@ static void expect_keys(json_t *o, const char *const *keys, size_t n)
     }
 }
 
-static const char *const INTENT_KEYS[] = {"intent_id",  "status", "version", "updated_at",
-                                          "event_type", "data",   "seq"};
+/* The spec's keys, data and seq, and (005) old_status and created_at. */
+static const char *const INTENT_KEYS[] = {"intent_id", "status",     "version",   "updated_at",
+                                          "event_type", "data",      "seq",       "old_status",
+                                          "created_at"};
 static const char *const AUDIT_KEYS[] = {"log_id",     "event_type", "intent_id", "actor",
                                          "created_at", "payload",    "seq"};
 static const char *const REF_KEYS[] = {"seq", "ref"};
@@ -301,6 +303,7 @@ static void test_existing_tables_untouched(void **state)
     expect_str(j, "event_type", "INSERT");
     expect_null(j, "version");
     expect_null(j, "updated_at");
+    expect_null(j, "old_status");
     expect_str(json_object_get(j, "data"), "k", "v");
     expect_ll(j, "seq", seq);
     expect_journal_row(c, seq, "intent_changed", "intent_update", ID3);
@@ -313,6 +316,8 @@ static void test_existing_tables_untouched(void **state)
     expect_str(j, "intent_id", ID1);
     expect_str(j, "status", "failed");
     expect_str(j, "event_type", "UPDATE");
+    expect_str(j, "old_status", "pending");
+    expect_str(j, "created_at", "2025-01-01T10:00:00");
     expect_null(j, "version");
     expect_str(j, "updated_at", "2025-01-01T10:00:00");
     expect_ll(json_object_get(j, "data"), "amount", 10);
@@ -570,11 +575,12 @@ static void test_large_payload(void **state)
     free(same);
 
     /* The boundary: 7999 bytes still go inline, 8000 go by reference. Fix
-     * every variable part (seq digits, timestamp) so only the blob's length
+     * every variable part (seq digits, timestamps) so only the blob's length
      * changes the payload's length, then measure the rest. */
     pgt_exec(w, "SELECT setval('rt_journal_seq', 100000)");
-    pgt_exec(w, "INSERT INTO intents (id, status, data, updated_at) VALUES ('" ID2 "', 'pending', "
-                "jsonb_build_object('blob', repeat('y', 100)), '2025-01-01 00:00:00')");
+    pgt_exec(w, "INSERT INTO intents (id, status, data, updated_at, created_at) "
+                "VALUES ('" ID2 "', 'pending', jsonb_build_object('blob', repeat('y', 100)), "
+                "'2025-01-01 00:00:00', '2025-01-01 00:00:00')");
     free(expect_notify(l, "intent_changed"));
     long long fixed = pgt_scalar_ll(w, "SELECT octet_length(payload) - 100 FROM rt_journal "
                                        "WHERE seq = (SELECT max(seq) FROM rt_journal)");
@@ -582,8 +588,9 @@ static void test_large_payload(void **state)
 
     pgt_exec(w, "DELETE FROM intents WHERE id <> '" ID1 "'");
     snprintf(sql, sizeof sql,
-             "INSERT INTO intents (id, status, data, updated_at) VALUES ('" ID2 "', 'pending', "
-             "jsonb_build_object('blob', repeat('y', %lld)), '2025-01-01 00:00:00')",
+             "INSERT INTO intents (id, status, data, updated_at, created_at) "
+             "VALUES ('" ID2 "', 'pending', jsonb_build_object('blob', repeat('y', %lld)), "
+             "'2025-01-01 00:00:00', '2025-01-01 00:00:00')",
              fit);
     pgt_exec(w, sql);
     seq = max_seq(w);
@@ -595,8 +602,9 @@ static void test_large_payload(void **state)
     free(p);
 
     snprintf(sql, sizeof sql,
-             "INSERT INTO intents (id, status, data, updated_at) VALUES ('" ID3 "', 'pending', "
-             "jsonb_build_object('blob', repeat('y', %lld)), '2025-01-01 00:00:00')",
+             "INSERT INTO intents (id, status, data, updated_at, created_at) "
+             "VALUES ('" ID3 "', 'pending', jsonb_build_object('blob', repeat('y', %lld)), "
+             "'2025-01-01 00:00:00', '2025-01-01 00:00:00')",
              fit + 1);
     pgt_exec(w, sql);
     seq = max_seq(w);

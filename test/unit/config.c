@@ -167,6 +167,10 @@ static const opt_case_t cases[] = {
     {"--etl-retention", "RTBRIDGE_ETL_RETENTION", K_I64, OFF(etl_retention_ms), "30d", "1d",
      30 * 86400000LL, 86400000LL},
     {"--once", "RTBRIDGE_ETL_ONCE", K_BOOL, OFF(etl_once), "true", "0", 1, 0},
+    {"--metrics-reconcile-interval", "RTBRIDGE_METRICS_RECONCILE_INTERVAL", K_I64,
+     OFF(metrics_reconcile_interval_ms), "5m", "100ms", 300000, 100},
+    {"--stats-interval", "RTBRIDGE_STATS_INTERVAL", K_I64, OFF(stats_interval_ms), "2s", "1h",
+     2000, 3600000},
     /* dashboard page */
     {"--web-root", "RTBRIDGE_WEB_ROOT", K_STR, OFF(web_root), "lib/web", "/srv/web", 0, 0},
 };
@@ -217,6 +221,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.etl_poll_interval_ms, 5000);
     assert_int_equal(cfg.etl_retention_ms, 90 * 86400000LL);
     assert_int_equal(cfg.etl_once, 0);
+    assert_int_equal(cfg.metrics_reconcile_interval_ms, 30000);
+    assert_int_equal(cfg.stats_interval_ms, 10000);
     rt_config_free(&cfg);
 }
 

@@ -182,6 +182,23 @@ static void test_frame_length_encodings(void **state)
     }
 }
 
+/* Events outside the journal (seq 0) carry no SSE id line, so a browser's
+ * Last-Event-ID stays at the last journaled event instead of becoming 0. */
+static void test_unjournaled_event_has_no_sse_id(void **state)
+{
+    (void)state;
+    const char *b = "{\"total_intents\":3}";
+    rt_event_t *ev = rt_event_new(RT_EV_STATS_UPDATED, 0, "", "", b, strlen(b), 0);
+    assert_string_equal(ev->sse, "event: stats_updated\ndata: {\"total_intents\":3}\n\n");
+    assert_int_equal(ev->sse_len, strlen(ev->sse));
+    assert_non_null(strstr(ev->msg, "\"id\":0,"));
+    rt_event_unref(ev);
+    ev = rt_event_new(RT_EV_STATS_UPDATED, 7, "", "", b, strlen(b), 0);
+    assert_string_equal(ev->sse, "id: 7\nevent: stats_updated\ndata: {\"total_intents\":3}\n\n");
+    assert_int_equal(ev->sse_len, strlen(ev->sse));
+    rt_event_unref(ev);
+}
+
 static void test_type_names_round_trip(void **state)
 {
     (void)state;
@@ -200,6 +217,7 @@ int main(void)
         cmocka_unit_test(test_bad_payloads),
         cmocka_unit_test(test_line_breaks_are_recompacted),
         cmocka_unit_test(test_frame_length_encodings),
+        cmocka_unit_test(test_unjournaled_event_has_no_sse_id),
         cmocka_unit_test(test_type_names_round_trip),
     };
     return cmocka_run_group_tests_name("event", tests, NULL, NULL);
