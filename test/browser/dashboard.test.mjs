@@ -26,6 +26,8 @@ const CHROMIUM = process.env.RT_CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = fileURLToPath(new URL('../artifacts/', import.meta.url));
 const TEST_CHANNEL = 'rt_test_crafted'; // crafted alert and stats events
 const CHANNELS = `intent_changed,audit_log_created,${TEST_CHANNEL}`;
+// The crafted stats_updated below must not be overwritten by a real one.
+const SERVER_ARGS = ['--channels', CHANNELS, '--stats-interval', '1h'];
 
 let db;
 let srv;
@@ -34,7 +36,7 @@ let pollAvailable = false;
 
 before(async () => {
   db = await freshDb('browser');
-  srv = await startServer(db.url, ['--channels', CHANNELS]);
+  srv = await startServer(db.url, SERVER_ARGS);
   browser = await chromium.launch({ executablePath: CHROMIUM });
   const r = await fetch(srv.url('/api/v1/events?after=0&limit=1'));
   pollAvailable = r.status === 200;
@@ -96,7 +98,7 @@ async function restartServer(duringDown) {
   assert.equal(await srv.stop(), 0, srv.log());
   srv = null;
   await duringDown();
-  srv = await startServer(db.url, ['--channels', CHANNELS, '--listen', `127.0.0.1:${port}`]);
+  srv = await startServer(db.url, [...SERVER_ARGS, '--listen', `127.0.0.1:${port}`]);
   assert.equal(srv.port, port);
 }
 
@@ -323,6 +325,30 @@ test('stats_updated fills the overview numbers and the status distribution', { t
     assert.equal(await p.page.locator('#feed tr[data-type="stats_updated"]').count(), 0);
   } finally {
     await p.close();
+  }
+});
+
+test('the overview follows the real aggregator: stats_updated events move the numbers between API reads', { timeout: 30000 }, async (t) => {
+  const live = await startServer(db.url, ['--stats-interval', '300ms']);
+  const context = await browser.newContext();
+  try {
+    if ((await fetch(live.url('/api/v1/dashboard/overview'))).status === 404) {
+      t.skip('no dashboard API in this build');
+      return;
+    }
+    const page = await context.newPage();
+    await page.goto(live.url('/'));
+    await waitLive(page, 'sse');
+    const count = async () => Number((await db.sql('SELECT count(*) AS n FROM intents')).rows[0].n);
+    const shows = (n) => waitUntil(async () => (await page.textContent('#ov-total')) === n.toLocaleString('en-US'),
+      10000, `the page to show ${n} intents`);
+    await shows(await count());
+    // The page reads the API only every 30 s: these come through stats_updated.
+    await insertIntents(db, 3);
+    await shows(await count());
+  } finally {
+    await context.close();
+    assert.equal(await live.stop(), 0, live.log());
   }
 });
 
