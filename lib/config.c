@@ -179,6 +179,29 @@ static const opt_t opts[] = {
                  "how often the metrics re-read totals, statuses and buckets from the database"),
     OPT_DURATION("stats-interval", "RTBRIDGE_STATS_INTERVAL", stats_interval_ms, 100 * MS, HOUR,
                  "10s", "period of the stats_updated event (the dashboard overview numbers)"),
+
+    /* alerts (lib/alerts.c, lib/notify.c) */
+    OPT_STRING("alert-rules", "RTBRIDGE_ALERT_RULES", alert_rules, NULL, "PATH",
+               "alert rules file (JSON, see ops/alert-rules.json); serve evaluates them, "
+               "SIGHUP reloads"),
+    OPT_DURATION("alert-query-timeout", "RTBRIDGE_ALERT_QUERY_TIMEOUT", alert_query_timeout_ms,
+                 10 * MS, 10 * MINUTE, "5s", "statement_timeout of one alert condition query"),
+    OPT_STRING("alert-webhook-url", "ALERT_WEBHOOK_URL", alert_webhook_url, NULL, "URL",
+               "alert channel webhook: POST a JSON body here (secret: never logged)"),
+    OPT_STRING("slack-webhook-url", "SLACK_WEBHOOK_URL", slack_webhook_url, NULL, "URL",
+               "alert channel slack: Slack incoming webhook URL (secret: never logged)"),
+    OPT_STRING("smtp-url", "RTBRIDGE_SMTP_URL", smtp_url, NULL, "URL",
+               "alert channel email: smtp://[user:pass@]host:port, smtps://, or "
+               "smtp+starttls:// (secret: never logged)"),
+    OPT_STRING("smtp-from", "RTBRIDGE_SMTP_FROM", smtp_from, NULL, "ADDRESS",
+               "alert e-mail sender address"),
+    OPT_LIST("smtp-to", "RTBRIDGE_SMTP_TO", smtp_to, NULL, 0, "alert e-mail recipients"),
+    OPT_DURATION("alert-notify-timeout", "RTBRIDGE_ALERT_NOTIFY_TIMEOUT", alert_notify_timeout_ms,
+                 100 * MS, 5 * MINUTE, "10s", "time one notification attempt may take"),
+    OPT_INT("alert-notify-tries", "RTBRIDGE_ALERT_NOTIFY_TRIES", alert_notify_tries, 1, 10, "3", 0,
+            "attempts per notification (a failed one is retried with doubling backoff)"),
+    OPT_DURATION("alert-notify-backoff", "RTBRIDGE_ALERT_NOTIFY_BACKOFF", alert_notify_backoff_ms,
+                 10 * MS, 10 * MINUTE, "1s", "delay before the first notification retry"),
     /* dashboard page (lib/static.c) */
     OPT_STRING("web-root", "RTBRIDGE_WEB_ROOT", web_root, NULL, "DIR",
                "serve the dashboard's files (/ and /static/) from DIR instead of the embedded "

@@ -59,6 +59,17 @@ typedef struct rt_config {
     /* metrics aggregator and dashboard API */
     int64_t metrics_reconcile_interval_ms; /* reconcile totals with the database */
     int64_t stats_interval_ms;             /* period of the stats_updated event */
+    /* alerts (lib/alerts.h, lib/notify.h); URLs and passwords are secrets */
+    char *alert_rules;                /* --alert-rules PATH; NULL: no evaluator */
+    int64_t alert_query_timeout_ms;   /* statement_timeout of one condition */
+    char *alert_webhook_url;          /* generic webhook channel */
+    char *slack_webhook_url;          /* Slack incoming webhook channel */
+    char *smtp_url;                   /* e-mail channel: smtp://, smtps://, smtp+starttls:// */
+    char *smtp_from;
+    char *smtp_to;                    /* comma-separated */
+    int64_t alert_notify_timeout_ms;  /* per notification attempt */
+    int64_t alert_notify_tries;       /* attempts in all */
+    int64_t alert_notify_backoff_ms;  /* first retry delay, doubling */
     /* dashboard page */
     char *web_root;               /* --web-root: serve lib/web from here; NULL: embedded */
 } rt_config_t;

@@ -84,6 +84,12 @@ int rt_fanout_start(rt_fanout_t *f);
  * have answered every request before rt_fanout_free (after
  * rt_fanout_shutdown, late answers are dropped). */
 int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, void *ctx);
+/* Adds fields to GET /health/realtime: fn(arg, obj) sets members of the
+ * response's JSON object (a jansson json_t *), on a loop thread, so it must
+ * only read state that is safe to read from any thread. Before
+ * rt_fanout_start; at most 4. Returns 0, -EBUSY or -ENOSPC. */
+typedef void (*rt_health_fn)(void *arg, void *json_object);
+int rt_fanout_add_health(rt_fanout_t *f, rt_health_fn fn, void *arg);
 /* The port actually bound (useful with port 0). */
 int rt_fanout_port(const rt_fanout_t *f);
 /* Graceful stop: stop accepting, WS close 1001, end SSE streams, let queued

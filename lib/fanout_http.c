@@ -78,6 +78,7 @@ void fo_handle_health(conn_t *c, const char *path, int keep_alive)
     json_object_set_new(j, "refused", refused);
     json_object_set_new(j, "ping_timeouts", json_integer((json_int_t)st.ping_timeouts));
     json_object_set_new(j, "ring_overflows", json_integer((json_int_t)st.ring_overflows));
+    for (int i = 0; i < f->nhealth; i++) f->health[i].fn(f->health[i].arg, j);
     char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     fo_respond(c, connected ? 200 : 503, body, "Cache-Control: no-store\r\n", keep_alive);
@@ -264,6 +265,16 @@ void fo_keep_pipelined(conn_t *c, const char *data, size_t len)
     if (!c->pipelined) abort();
     memcpy(c->pipelined + c->npipelined, data, len);
     c->npipelined += len;
+}
+
+int rt_fanout_add_health(rt_fanout_t *f, rt_health_fn fn, void *arg)
+{
+    if (f->started) return -EBUSY;
+    if (f->nhealth == (int)(sizeof f->health / sizeof f->health[0])) return -ENOSPC;
+    f->health[f->nhealth].fn = fn;
+    f->health[f->nhealth].arg = arg;
+    f->nhealth++;
+    return 0;
 }
 
 int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, void *ctx)

@@ -223,6 +223,11 @@ struct rt_fanout {
     uint64_t tick_ms;
     handler_t handlers[MAX_HANDLERS];
     int nhandlers;
+    struct {
+        rt_health_fn fn;
+        void *arg;
+    } health[4];
+    int nhealth;
 };
 
 static inline uint64_t now_ms(void)

@@ -7,6 +7,7 @@
  */
 #include "serve.h"
 
+#include "alerts.h"
 #include "bus.h"
 #include "etl.h"
 #include "fanout.h"
@@ -17,6 +18,7 @@
 #include "static.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -41,6 +43,9 @@ typedef struct serve_ctx {
     rt_fanout_t *fanout;
     rt_etl_t *etl; /* NULL with --etl=off */
     rt_metrics_t *metrics;
+    rt_alerts_t *alerts; /* NULL without --alert-rules */
+    uv_work_t reload_work;
+    int reload_running;
     int stopping;
 } serve_ctx_t;
 
@@ -94,6 +99,15 @@ static void on_housekeeping(uv_timer_t *t)
                 (uint_fast64_t)atomic_load(&es->bad_payloads),
                 (uint_fast64_t)atomic_load(&es->lag_ms), (int_fast64_t)atomic_load(&es->cursor_seq));
     }
+    if (s->alerts) {
+        rt_alerts_counts_t ac;
+        rt_alerts_counts(s->alerts, &ac);
+        rt_info(COMP,
+                "alerts %s: %" PRIu64 " rules, %" PRIu64 " firing, %" PRIu64 " evaluations (%" PRIu64
+                " failed), %" PRIu64 " notifications",
+                ac.leader ? "leader" : "standby", ac.rules, ac.firing, ac.evaluations, ac.errors,
+                ac.notifications);
+    }
     if (!s->prune_running) {
         s->prune_running = 1;
         s->prune_work.data = s;
@@ -101,11 +115,61 @@ static void on_housekeeping(uv_timer_t *t)
     }
 }
 
+/* /health/realtime: whether correction figures are available, and why not. */
+static void metrics_health(void *arg, void *obj)
+{
+    const char *why = rt_metrics_corrections_unavailable(arg);
+    json_t *c = json_pack("{s:b}", "available", why == NULL);
+    if (why) json_object_set_new(c, "reason", json_string(why));
+    json_object_set_new(obj, "corrections", c);
+}
+
+/* /health/realtime: the ETL's state in this instance. */
+static void etl_health(void *arg, void *obj)
+{
+    rt_etl_stats_t *es = rt_etl_stats(arg);
+    json_object_set_new(
+        obj, "etl",
+        json_pack("{s:b, s:b, s:f, s:I}", "connected", atomic_load(&es->connected), "leader",
+                  atomic_load(&es->leader), "lag_seconds",
+                  (double)atomic_load(&es->lag_ms) / 1000.0, "rows_loaded",
+                  (json_int_t)atomic_load(&es->rows_loaded)));
+}
+
+/* {"metric": NAME} alert rules read the aggregator's latest snapshot. */
+static int metric_value(void *arg, const char *name, double *out)
+{
+    return rt_metrics_value(arg, name, out);
+}
+
+/* Reloading reads a file and checks SQL on a connection: off the loop. */
+static void reload_work_cb(uv_work_t *w)
+{
+    serve_ctx_t *s = w->data;
+    rt_alerts_reload(s->alerts);
+}
+
+static void reload_after_cb(uv_work_t *w, int status)
+{
+    (void)status;
+    serve_ctx_t *s = w->data;
+    s->reload_running = 0;
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     serve_ctx_t *s = h->data;
     if (signum == SIGHUP) {
-        rt_info(COMP, "SIGHUP: nothing to reload yet");
+        if (!s->alerts) {
+            rt_info(COMP, "SIGHUP: nothing to reload (no --alert-rules)");
+        } else if (s->reload_running) {
+            rt_info(COMP, "SIGHUP: a reload is already running");
+        } else {
+            rt_info(COMP, "SIGHUP: reloading the alert rules");
+            s->reload_running = 1;
+            s->reload_work.data = s;
+            uv_queue_work(&s->loop, &s->reload_work, reload_work_cb, reload_after_cb);
+        }
         return;
     }
     if (s->stopping) return;
@@ -196,14 +260,35 @@ int rt_serve_run(const rt_config_t *cfg)
                         : -errno;
     if (hrc == 0)
         hrc = rt_fanout_add_handler(s.fanout, "/api/v1/dashboard/", rt_metrics_handle, s.metrics);
+    if (hrc == 0) hrc = rt_fanout_add_health(s.fanout, metrics_health, s.metrics);
+    if (hrc == 0 && s.etl) hrc = rt_fanout_add_health(s.fanout, etl_health, s.etl);
     if (hrc < 0) {
         rt_error(COMP, "cannot set up the metrics aggregator: %s", strerror(-hrc));
         status = 1;
         goto out;
     }
+    if (cfg->alert_rules) {
+        rt_alerts_opts_t ao;
+        rt_alerts_opts_from_config(&ao, cfg);
+        ao.bus = s.bus;
+        ao.metric_value = metric_value;
+        ao.metric_arg = s.metrics;
+        ao.metric_names = rt_metrics_value_names();
+        s.alerts = rt_alerts_new(&ao); /* logs every problem of a bad file */
+        if (!s.alerts) {
+            fprintf(stderr, "rtbridge: --alert-rules %s: invalid (see the log above)\n",
+                    cfg->alert_rules);
+            status = 2;
+            goto out;
+        }
+        /* Metric rules re-checked on each new snapshot; states in /metrics. */
+        rt_metrics_on_snapshot(s.metrics, rt_alerts_poke_cb, s.alerts);
+        rt_metrics_add_exposition(s.metrics, rt_alerts_exposition, s.alerts);
+    }
     int rc = rt_fanout_start(s.fanout);
     if (rc == 0) rc = rt_metrics_start(s.metrics);
     if (rc == 0 && s.etl) rc = rt_etl_start(s.etl);
+    if (rc == 0 && s.alerts) rc = rt_alerts_start(s.alerts);
     if (rc == 0) rc = rt_listener_start(s.listener);
     if (rc < 0) {
         rt_error(COMP, "cannot start: %s", strerror(-rc));
@@ -220,6 +305,8 @@ out:
     /* Answers its deferred requests (503) before the fan-out is freed. */
     rt_metrics_stop(s.metrics);
     rt_listener_free(s.listener);
+    /* The evaluator publishes too: stopped before the bus goes. */
+    rt_alerts_free(s.alerts);
     /* After the producer: its ring lives in the bus, freed last. */
     rt_etl_free(s.etl);
     rt_metrics_free(s.metrics);

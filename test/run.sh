@@ -11,7 +11,7 @@ MODE=${2:-all}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 
-THREADED="unit-bus unit-event unit-fanout_handler unit-metrics integ-listener integ-etl integ-metrics js-fanout js-poll"
+THREADED="unit-bus unit-event unit-fanout_handler unit-metrics integ-listener integ-etl integ-metrics integ-alerts js-fanout js-poll"
 
 tmp=$(mktemp -d /tmp/rtbridge-test.XXXXXX)
 chmod 755 "$tmp"

@@ -2,6 +2,7 @@
  * rtbridge: flags, configuration, and the subcommand dispatch. Everything
  * that does work lives in lib/ where it can be tested.
  */
+#include "alertcmd.h"
 #include "config.h"
 #include "etl.h"
 #include "log.h"
@@ -26,6 +27,11 @@ static void usage(FILE *out)
                  "  tail      print every event as it arrives, one line each\n"
                  "  etl       run the audit-log ETL alone (--mode event|polling|hybrid,\n"
                  "            --batch-size N, --once: load what is pending and exit)\n"
+                 "  alerts check --alert-rules FILE\n"
+                 "            validate the rules, evaluate each once, print what would fire\n"
+                 "            (exit 0: nothing, 1: something would fire, 2: invalid file)\n"
+                 "  alerts list\n"
+                 "            current alert states and the last notifications\n"
                  "  version   print the version\n"
                  "  help      this text\n\n"
                  "Flags (each also read from its environment variable):\n",
@@ -91,16 +97,21 @@ int main(int argc, char **argv)
         return 0;
     }
     int needs_db = strcmp(cmd, "serve") == 0 || strcmp(cmd, "migrate") == 0 ||
-                   strcmp(cmd, "tail") == 0 || strcmp(cmd, "etl") == 0;
+                   strcmp(cmd, "tail") == 0 || strcmp(cmd, "etl") == 0 ||
+                   strcmp(cmd, "alerts") == 0;
     if (!needs_db) {
         fprintf(stderr, "rtbridge: unknown command '%s' (see rtbridge help)\n", cmd);
         return 2;
     }
 
     if (strcmp(cmd, "etl") == 0) etl_aliases(argc - 2, argv + 2);
+    /* `alerts SUB [FLAGS]`: the subcommand comes before the flags. */
+    const char *sub = NULL;
+    int skip = 2;
+    if (strcmp(cmd, "alerts") == 0 && argc > 2 && argv[2][0] != '-') sub = argv[2], skip = 3;
     rt_config_t cfg;
     char err[256];
-    int rc = rt_config_parse(&cfg, argc - 2, argv + 2, rt_config_getenv, err, sizeof err);
+    int rc = rt_config_parse(&cfg, argc - skip, argv + skip, rt_config_getenv, err, sizeof err);
     if (rc == 1) {
         usage(stdout);
         rt_config_free(&cfg);
@@ -124,6 +135,8 @@ int main(int argc, char **argv)
         status = rt_tail_run(&cfg, stdout);
     else if (strcmp(cmd, "etl") == 0)
         status = rt_etl_cmd(&cfg, stdout);
+    else if (strcmp(cmd, "alerts") == 0)
+        status = rt_alerts_cmd(sub, &cfg, stdout, stderr);
     else
         status = rt_serve_run(&cfg);
     rt_config_free(&cfg);

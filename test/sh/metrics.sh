@@ -149,6 +149,22 @@ else
     fail "stats_updated arrives on /api/v2/events/stream" "$(head -c 600 "$tmp/sse.txt")"
 fi
 
+# ---- /health/realtime: correction figures and the ETL ------------------------------------
+
+# The default schema's intents table has no correction_history column.
+curl -s "$b/health/realtime" >"$tmp/h.json"
+if python3 - "$tmp/h.json" <<'EOF'; then
+import json, sys
+h = json.load(open(sys.argv[1]))
+c, e = h["corrections"], h["etl"]
+assert c["available"] is False and "correction_history" in c["reason"], c
+assert set(e) == {"connected", "leader", "lag_seconds", "rows_loaded"} and e["connected"] is True, e
+EOF
+    pass "/health/realtime says why correction figures are 0, and the ETL's state"
+else
+    fail "/health/realtime corrections and etl" "$(head -c 800 "$tmp/h.json")"
+fi
+
 kill -TERM "$spid"
 wait "$spid"
 rc=$?
