@@ -401,9 +401,10 @@ function toast(ev) {
   const d = ev.data && typeof ev.data === 'object' ? ev.data : {};
   const resolved = ev.type === 'alert_resolved';
   const sev = String(d.severity || 'info').toLowerCase().replace(/[^a-z]/g, '');
-  const body = [d.message || d.description,
-    d.value !== undefined && d.threshold !== undefined ? `value ${d.value} (threshold ${d.threshold})` : null]
-    .filter(Boolean).join(' · ');
+  const short = (v) => (Number.isInteger(v) ? String(v) : String(+v.toPrecision(4)));
+  const measured = typeof d.value === 'number' && typeof d.threshold === 'number'
+    ? `value ${short(d.value)} (threshold ${d.operator ? `${d.operator} ` : ''}${short(d.threshold)})` : null;
+  const body = [d.message || d.description, measured].filter(Boolean).join(' · ');
   const t = el('div', { class: `toast sev-${sev}${resolved ? ' resolved' : ''}`, role: 'alert', 'data-type': ev.type, 'data-severity': sev },
     el('div', { class: 't-title' }, el('span', { text: alertName(d) }),
       el('span', { class: 't-sev', text: resolved ? 'resolved' : sev })),

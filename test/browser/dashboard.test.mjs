@@ -8,13 +8,16 @@
 // polling) receives events and, across a server restart with rows committed
 // while it is down, shows every event exactly once; blocking SSE falls back
 // to WebSocket, blocking both to polling; an alert_firing event shows a toast
-// coloured by severity, and its resolution another; stats_updated fills the
+// coloured by severity, and its resolution another (crafted, and from a real
+// alert rule); stats_updated fills the
 // overview; filter, pause and resume work. A screenshot of the
 // filled page goes to test/artifacts/dashboard.png.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freshDb, startServer, waitUntil, insertIntents, journalSeqs } from '../js/lib.mjs';
 
@@ -294,6 +297,36 @@ test('alert_firing shows a toast coloured by severity; alert_resolved another', 
     await waitUntil(async () => (await p.page.locator('#feed tr[data-type^="alert_"]').count()) === 2, 2000, 'both alerts in the feed');
   } finally {
     await p.close();
+  }
+});
+
+test('a real alert rule: firing and resolving reach the page as toasts', { timeout: 60000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rt-alerts-'));
+  const rules = join(dir, 'rules.json');
+  writeFileSync(rules, JSON.stringify({
+    rules: [{
+      name: 'alarm_intents', description: 'an intent is in status alarm', severity: 'critical',
+      condition: { sql: "SELECT count(*) FROM intents WHERE status = 'alarm'" },
+      operator: '>', threshold: 0, interval: '200ms', cooldown: '1m', channels: ['log'],
+    }],
+  }));
+  const withRules = await startServer(db.url, ['--alert-rules', rules]);
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await page.goto(withRules.url('/'));
+    await waitLive(page, 'sse');
+    const [id] = await insertIntents(db, 1, { status: 'alarm' });
+    const firing = await page.waitForSelector('.toast[data-type="alert_firing"]', { timeout: 10000 });
+    assert.equal(await firing.getAttribute('data-severity'), 'critical');
+    assert.match(await firing.textContent(), /alarm_intents.*critical.*an intent is in status alarm · value 1 \(threshold > 0\)/);
+    await db.sql(`UPDATE intents SET status = 'completed' WHERE id = $1`, [id]);
+    const resolved = await page.waitForSelector('.toast[data-type="alert_resolved"]', { timeout: 10000 });
+    assert.match(await resolved.textContent(), /alarm_intents.*resolved/);
+  } finally {
+    await context.close();
+    assert.equal(await withRules.stop(), 0, withRules.log());
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
