@@ -24,6 +24,7 @@ PACKAGES=(
     # prometheus, also for the metrics test), yamllint, shellcheck,
     # systemd-analyze (in systemd).
     nginx prometheus yamllint shellcheck systemd
+    chromium # the dashboard's browser tests (test/browser, driven by npm playwright-core)
 )
 
 check_only=0
