@@ -49,6 +49,9 @@ LIB_SRC   := $(sort $(wildcard lib/*.c))
 LIB_OBJ   := $(patsubst lib/%.c,$(B)/obj/lib/%.o,$(LIB_SRC))
 GEN_SRC   := $(B)/gen/schema_sql.c
 GEN_OBJ   := $(B)/obj/gen/schema_sql.o
+WEB_FILES := $(sort $(wildcard lib/web/*))
+WEB_SRC   := $(B)/gen/web_assets.c
+WEB_OBJ   := $(B)/obj/gen/web_assets.o
 LLHTTP_OBJ := $(patsubst %,$(B)/obj/llhttp/%.o,llhttp api http)
 LIBRT     := $(B)/librtbridge.a
 
@@ -105,7 +108,19 @@ $(GEN_OBJ): $(GEN_SRC) $(FLAGS_STAMP)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -c $< -o $@
 
-$(LIBRT): $(LIB_OBJ) $(GEN_OBJ) $(LLHTTP_OBJ)
+# The dashboard page and the JavaScript client (lib/web/) likewise; the
+# directory is a prerequisite too, so adding or removing a file regenerates.
+$(WEB_SRC): $(WEB_FILES) lib/web lib/web-embed.sh
+	@mkdir -p $(dir $@)
+	@echo "  GEN     $@"
+	$(Q)sh lib/web-embed.sh $(WEB_FILES) > $@.tmp && mv $@.tmp $@
+
+$(WEB_OBJ): $(WEB_SRC) $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIBRT): $(LIB_OBJ) $(GEN_OBJ) $(WEB_OBJ) $(LLHTTP_OBJ)
 	@echo "  AR      $@"
 	$(Q)rm -f $@ && ar rcs $@ $^
 

@@ -207,6 +207,10 @@ static const opt_t opts[] = {
             "attempts per notification (a failed one is retried with doubling backoff)"),
     OPT_DURATION("alert-notify-backoff", "RTBRIDGE_ALERT_NOTIFY_BACKOFF", alert_notify_backoff_ms,
                  10 * MS, 10 * MINUTE, "1s", "delay before the first notification retry"),
+    /* dashboard page (lib/static.c) */
+    OPT_STRING("web-root", "RTBRIDGE_WEB_ROOT", web_root, NULL, "DIR",
+               "serve the dashboard's files (/ and /static/) from DIR instead of the embedded "
+               "copies, for development"),
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])

@@ -72,6 +72,8 @@ typedef struct rt_config {
     int64_t alert_notify_timeout_ms;  /* per notification attempt */
     int64_t alert_notify_tries;       /* attempts in all */
     int64_t alert_notify_backoff_ms;  /* first retry delay, doubling */
+    /* dashboard page */
+    char *web_root;               /* --web-root: serve lib/web from here; NULL: embedded */
 } rt_config_t;
 
 /* Fills cfg with defaults, then environment, then argv[0..argc-1] (flags only,

@@ -15,6 +15,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "static.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -225,6 +226,15 @@ int rt_serve_run(const rt_config_t *cfg)
         status = 2;
         goto out;
     }
+    /* The dashboard page and the JavaScript client (lib/static.h). */
+    if (cfg->web_root && rt_static_check_root(cfg->web_root, err, sizeof err) < 0) {
+        fprintf(stderr, "rtbridge: %s\n", err);
+        status = 2;
+        goto out;
+    }
+    if (rt_fanout_add_handler(s.fanout, "/", rt_static_handle, cfg->web_root) < 0 ||
+        rt_fanout_add_handler(s.fanout, "/static/", rt_static_handle, cfg->web_root) < 0)
+        abort(); /* valid prefixes, well under the limit: cannot fail */
     if (cfg->etl) {
         rt_etl_opts_t eo;
         rt_etl_opts_from_config(&eo, cfg);

@@ -19,7 +19,12 @@ PACKAGES=(
     node-llhttp libwslay-dev libcurl4-openssl-dev libjwt-dev
     postgresql-15 postgresql-client-15
     python3 procps curl
-    prometheus wrk
+    wrk
+    # ops/ tests (issue #9): nginx in front of two instances, promtool (in
+    # prometheus, also for the metrics test), yamllint, shellcheck,
+    # systemd-analyze (in systemd).
+    nginx prometheus yamllint shellcheck systemd
+    chromium # the dashboard's browser tests (test/browser, driven by npm playwright-core)
 )
 
 check_only=0

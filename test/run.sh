@@ -83,10 +83,11 @@ for t in "$B"/test/unit-* "$B"/test/integ-*; do
     run_one "$name" "$t"
 done
 
-# End-to-end tests in Node (the server binary is threaded: TSan runs them too).
-for t in test/js/*.test.mjs; do
+# End-to-end tests in Node (the server binary is threaded: TSan runs them too),
+# and the dashboard in a real browser (test/browser, chromium + playwright-core).
+for t in test/js/*.test.mjs test/browser/*.test.mjs; do
     [ -f "$t" ] || continue
-    name="js-$(basename "$t" .test.mjs)"
+    name="$(basename "$(dirname "$t")")-$(basename "$t" .test.mjs)"
     if [ "$MODE" = threaded ]; then
         case " $THREADED " in *" $name "*) ;; *) continue ;; esac
     fi

@@ -194,6 +194,8 @@ static const opt_case_t cases[] = {
      "10", 1, 10},
     {"--alert-notify-backoff", "RTBRIDGE_ALERT_NOTIFY_BACKOFF", K_I64,
      OFF(alert_notify_backoff_ms), "50ms", "10m", 50, 600000},
+    /* dashboard page */
+    {"--web-root", "RTBRIDGE_WEB_ROOT", K_STR, OFF(web_root), "lib/web", "/srv/web", 0, 0},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
