@@ -46,7 +46,7 @@ done
 # Every --flag the prose names is one of rtbridge's (or pending, see
 # ops/pending-config.txt), apart from other programs' flags and the short
 # spellings `rtbridge etl` takes.
-others="--markdown --previous --batch-size --mode"
+others="--markdown --previous --batch-size --mode --source-url --target-url"
 unknown=""
 for f in $(grep -o -- '--[a-z][a-z0-9-]*' "$RB" | sort -u); do
     case " $others " in *" $f "*) continue ;; esac
