@@ -595,21 +595,37 @@ static _Thread_local PGconn *tl_pg;
 
 /* Reads journal rows after `after` on this pool thread's connection
  * (reconnecting once). Returns 0 or -1. */
+/* This pool thread's connection, (re)connected if needed; NULL if the
+ * database cannot be reached. */
+static PGconn *pool_pg(void)
+{
+    if (tl_pg && PQstatus(tl_pg) == CONNECTION_OK) return tl_pg;
+    if (tl_pg) PQfinish(tl_pg);
+    tl_pg = PQconnectdb(g_conninfo);
+    if (PQstatus(tl_pg) == CONNECTION_OK) return tl_pg;
+    rt_warn(COMP, "journal read: cannot connect: %s", PQerrorMessage(tl_pg));
+    PQfinish(tl_pg);
+    tl_pg = NULL;
+    return NULL;
+}
+
+/* Each tries twice: a connection that died since its last use is noticed by
+ * the first query, and the second runs on a new one. */
 int fo_journal_read(int64_t after, size_t limit, rt_event_t ***evs, size_t *n,
                     int64_t *pruned_through)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (!tl_pg || PQstatus(tl_pg) != CONNECTION_OK) {
-            if (tl_pg) PQfinish(tl_pg);
-            tl_pg = PQconnectdb(g_conninfo);
-            if (PQstatus(tl_pg) != CONNECTION_OK) {
-                rt_warn(COMP, "resume: cannot connect: %s", PQerrorMessage(tl_pg));
-                PQfinish(tl_pg);
-                tl_pg = NULL;
-                continue;
-            }
-        }
-        if (rt_journal_fetch_after(tl_pg, after, limit, evs, n, pruned_through) == 0) return 0;
+        PGconn *c = pool_pg();
+        if (c && rt_journal_fetch_after(c, after, limit, evs, n, pruned_through) == 0) return 0;
+    }
+    return -1;
+}
+
+int fo_journal_head(int64_t *seq)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        PGconn *c = pool_pg();
+        if (c && rt_journal_head(c, seq) == 0) return 0;
     }
     return -1;
 }

@@ -299,6 +299,7 @@ typedef struct poll_fetch {
     uv_work_t work;
     int64_t after;
     size_t limit;
+    int head; /* 1: only read the journal's highest seq (a poll without cursor) */
     rt_event_t **evs;
     size_t n;
     int64_t pruned_through;
@@ -395,12 +396,25 @@ static int poll_from_window(conn_t *c)
 static void poll_fetch_work(uv_work_t *w);
 static void poll_fetch_done(uv_work_t *w, int status);
 
-static void poll_start_fetch(conn_t *c)
+/* The journal could not be read: a transient error, not a resync (the
+ * cursor is still good); the client retries later. */
+static void poll_unavailable(conn_t *c)
+{
+    int keep_alive = c->poll->keep_alive && !c->loop->stopping;
+    fo_poll_free(c);
+    c->state = C_HTTP;
+    fo_respond(c, 503, "{\"error\":\"journal unavailable, retry later\",\"status\":503}",
+               "Cache-Control: no-store\r\nRetry-After: 1\r\n", keep_alive);
+    if (keep_alive) wait_end(c);
+}
+
+static void poll_start_fetch(conn_t *c, int head)
 {
     poll_wait_t *p = c->poll;
     poll_fetch_t *f = calloc(1, sizeof *f);
     if (!f) abort();
     f->conn = c;
+    f->head = head;
     f->after = p->after;
     f->limit = p->limit;
     f->work.data = f;
@@ -408,14 +422,18 @@ static void poll_start_fetch(conn_t *c)
     if (uv_queue_work(&c->loop->uv, &f->work, poll_fetch_work, poll_fetch_done) != 0) {
         p->fetch = NULL;
         free(f);
-        poll_answer(c, NULL, 0, p->after, "journal unavailable");
+        poll_unavailable(c);
     }
 }
 
 static void poll_fetch_work(uv_work_t *w)
 {
     poll_fetch_t *f = w->data;
-    f->failed = fo_journal_read(f->after, f->limit + 1, &f->evs, &f->n, &f->pruned_through) < 0;
+    if (f->head)
+        f->failed = fo_journal_head(&f->after) < 0;
+    else
+        f->failed =
+            fo_journal_read(f->after, f->limit + 1, &f->evs, &f->n, &f->pruned_through) < 0;
 }
 
 static void poll_fetch_done(uv_work_t *w, int status)
@@ -426,7 +444,16 @@ static void poll_fetch_done(uv_work_t *w, int status)
         poll_wait_t *p = c->poll;
         p->fetch = NULL;
         if (status != 0 || f->failed) {
-            poll_answer(c, NULL, 0, p->after, "journal unavailable");
+            poll_unavailable(c);
+        } else if (f->head) {
+            /* No cursor: from the journal's head on. */
+            p->after = f->after;
+            if (!poll_from_window(c)) {
+                if (p->wait_ms == 0)
+                    poll_answer(c, NULL, 0, p->after, NULL);
+                else
+                    poll_wait_live(c);
+            }
         } else if (f->pruned_through > f->after) {
             poll_answer(c, NULL, 0, f->pruned_through, "past retention");
         } else {
@@ -547,6 +574,11 @@ int fo_start_poll(conn_t *c, const char *rest, size_t rest_len, int keep_alive)
                 break;
             }
         if (p->after == 0 && ls) p->after = atomic_load(&ls->last_seq);
+        if (p->after == 0) {
+            /* Nothing seen since start: the journal says where "now" is. */
+            poll_start_fetch(c, 1);
+            return 0;
+        }
         if (p->wait_ms == 0)
             poll_answer(c, NULL, 0, p->after, NULL);
         else
@@ -554,6 +586,6 @@ int fo_start_poll(conn_t *c, const char *rest, size_t rest_len, int keep_alive)
         return 0;
     }
     p->after = after;
-    if (!poll_from_window(c)) poll_start_fetch(c);
+    if (!poll_from_window(c)) poll_start_fetch(c, 0);
     return 0;
 }

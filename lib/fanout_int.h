@@ -255,6 +255,8 @@ int fo_parse_last_id(const char *s, int64_t *out);
 /* On a libuv pool thread: journal rows after `after` (see rt_journal_fetch_after). */
 int fo_journal_read(int64_t after, size_t limit, rt_event_t ***evs, size_t *n,
                     int64_t *pruned_through);
+/* On a libuv pool thread: the highest seq in the journal. */
+int fo_journal_head(int64_t *seq);
 
 /* fanout_http.c: health, handlers outside the fan-out (reply.h), polling */
 const char *fo_cors_headers(conn_t *c, char *buf, size_t cap);

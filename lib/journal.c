@@ -48,6 +48,19 @@ int rt_journal_prune(PGconn *conn, int64_t retention_ms, int keep_unloaded, long
     }
 }
 
+int rt_journal_head(PGconn *conn, int64_t *seq)
+{
+    PGresult *r = PQexec(conn, "SELECT coalesce(max(seq), 0) FROM rt_journal");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        rt_warn("journal", "head: %s", PQerrorMessage(conn));
+        PQclear(r);
+        return -EIO;
+    }
+    *seq = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return 0;
+}
+
 int rt_journal_fetch_after(PGconn *conn, int64_t after, size_t limit, rt_event_t ***evs,
                            size_t *n, int64_t *pruned_through)
 {

@@ -22,6 +22,10 @@
  * or -EIO (logged). */
 int rt_journal_prune(PGconn *conn, int64_t retention_ms, int keep_unloaded, long long *deleted);
 
+/* The highest seq in the journal (0 when empty) into *seq. Returns 0 or
+ * -EIO (logged). */
+int rt_journal_head(PGconn *conn, int64_t *seq);
+
 /* Reads up to limit journal rows with seq > after, in seq order, as events
  * (*evs: malloc'd array of *n events, one reference each; rows whose payload
  * does not parse are skipped). *pruned_through receives the highest seq ever

@@ -161,6 +161,11 @@ INSERT INTO audit_logs (event_type, intent_id, actor, payload, created_at)
                               'success', $ok),
            now()
     FROM prev;
+-- The spec's processing time runs from BRIDGE_STARTED to BRIDGE_COMPLETED.
+INSERT INTO audit_logs (event_type, intent_id, actor, payload, created_at)
+    SELECT CASE '$new' WHEN 'processing' THEN 'BRIDGE_STARTED' ELSE 'BRIDGE_COMPLETED' END,
+           '$target', 'demo-producer', jsonb_build_object('bridge_type', '$bridge'), now()
+    WHERE '$new' IN ('processing', 'completed');
 SQL
         fi
         # Keep the list short: old intents stop changing, like real ones.
@@ -176,7 +181,7 @@ if [ "${RT_DEMO_PRODUCER:-1}" != 0 ]; then
     producer >>"$work/producer.log" 2>&1 &
     producer_pid=$!
     pids+=("$producer_pid")
-    say "demo producer running (pid $producer_pid): an intent, a status change, an audit log per second (RT_DEMO_PRODUCER=0 turns it off)"
+    say "demo producer running (pid $producer_pid): an intent, a status change, its audit logs per second (RT_DEMO_PRODUCER=0 turns it off)"
 fi
 
 "$BIN" serve >>"$work/serve.log" 2>&1 &
@@ -191,6 +196,7 @@ fi
 say "rtbridge serve running (pid $serve_pid), log: $work/serve.log (removed on exit)"
 listen=${RTBRIDGE_LISTEN:-0.0.0.0:8080}
 port=${listen##*:}
+say "dashboard: http://127.0.0.1:$port/"
 say "live streams on port $port, for example:"
 say "    curl -N http://127.0.0.1:$port/api/v2/events/stream"
 say "    curl -N http://127.0.0.1:$port/events/audit-logs"

@@ -141,8 +141,30 @@ test('from the journal when the window does not hold the cursor; resync past ret
     assert.deepEqual(gone.body.events, []);
     assert.equal(gone.body.last_id, seqs[2]);
     await db.sql('UPDATE rt_journal_state SET pruned_through = 0');
+    // A journal that cannot be read is a transient error, not a resync.
+    await db.sql('ALTER TABLE rt_journal RENAME TO rt_journal_away');
+    try {
+      const r503 = await poll(s2, `?after=${seqs[0]}`);
+      assert.equal(r503.status, 503);
+      assert.equal(r503.headers.get('retry-after'), '1');
+      assert.equal(r503.body.resync, undefined);
+    } finally {
+      await db.sql('ALTER TABLE rt_journal_away RENAME TO rt_journal');
+    }
   } finally {
     await s2.stop();
+  }
+});
+
+test('without a cursor on a server that has seen nothing yet: the journal head', async () => {
+  const s3 = await startServer(db.url, ['--fanout-threads', '1', '--etl=off']);
+  try {
+    const seqs = await journalSeqs(db);
+    assert.ok(seqs.length > 0);
+    const r = await poll(s3, '');
+    assert.deepEqual(r.body, { events: [], last_id: seqs.at(-1) });
+  } finally {
+    await s3.stop();
   }
 });
 
