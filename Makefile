@@ -170,7 +170,7 @@ run-only: $(BIN)
 # test/run.sh starts one throwaway PostgreSQL for the whole run, runs every
 # test binary and the shell tests, stops the cluster, and prints the closing
 # "N passed, N failed" line.
-test-only: $(BIN) tests perfs test/js/node_modules/.installed
+test-only: $(BIN) $(LOADGEN) tests perfs test/js/node_modules/.installed
 	@sh test/run.sh $(B) all
 
 # The integration tests use clients that are not ours (npm ws, eventsource,
