@@ -63,7 +63,12 @@ for p in $pkgs; do
     grep -qx "$p" "$tmp/closure" || fail "runtime package $p exists in this Debian release" "apt-cache knows no $p"
 done
 missing="" n=0
-ldd "$BIN" >"$tmp/ldd" 2>&1
+# The image holds the release build (plain `make`): under `make check-san`
+# RT_BIN is the sanitizer build, which links libasan and friends, so look at
+# the release binary, which `make test` built first.
+rel=$ROOT/build/bin/rtbridge
+[ -x "$rel" ] || rel=$BIN
+ldd "$rel" >"$tmp/ldd" 2>&1
 if grep -q 'not found' "$tmp/ldd"; then
     fail "ldd resolves every library" "$(grep 'not found' "$tmp/ldd")"
 fi
