@@ -8,22 +8,8 @@
 # reloads a good file and keeps the old rules on a bad one, and a webhook URL
 # with a password never appears in the log. Prints PASS:/FAIL: lines.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-tmp=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 db=rt_alerts_sh_$$
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 
 wait_for() { # FILE REGEX SECONDS
     local deadline=$((SECONDS + $3))

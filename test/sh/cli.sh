@@ -4,21 +4,8 @@
 # to end in both formats, clean stop on SIGTERM/SIGINT, and the README's CLI
 # reference matching --help. Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS rt_cli_$$ WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
+. "$(dirname "$0")/lib/common.sh"
+db=rt_cli_$$
 
 # expect_exit NAME STATUS STDERR_SUBSTRING -- command...
 expect_exit() {

@@ -5,21 +5,8 @@
 # half done (a second run completes it exactly), and a running loader stops
 # cleanly on SIGTERM. Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-tmp=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 db=rt_etl_sh_$$
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 
 wait_for() {
     local deadline=$((SECONDS + $3))

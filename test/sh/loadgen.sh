@@ -12,25 +12,13 @@
 # stop with exit 0 on SIGTERM. About 10 s.
 # Prints PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
+. "$(dirname "$0")/lib/common.sh"
 BUILD=${RT_BUILD:?RT_BUILD not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LG=$BUILD/perf/loadgen
 DB=rt_loadgen_$$
+db=$DB
 URL=${BASE%/*}/$DB
-tmp=$(mktemp -d)
 server_pid=""
-cleanup() {
-    [ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 
 # jget FILE EXPR: evaluates a Python expression over the JSON document j.
 jget() {
@@ -57,6 +45,7 @@ port=$(sh "$ROOT/test/pg.sh" freeport)
 DATABASE_URL=$URL "$BIN" serve --listen "127.0.0.1:$port" --max-conns-per-ip 0 \
     --ping-interval 500ms --keepalive-interval 500ms >"$tmp/serve.log" 2>&1 &
 server_pid=$!
+pids+=("$server_pid")
 up=0
 for _ in $(seq 1 100); do
     if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then up=1; break; fi
@@ -219,6 +208,7 @@ kill -TERM "$server_pid"
 wait "$server_pid"
 rc=$?
 server_pid=""
+pids=()
 [ $rc -eq 0 ] && pass "server exits 0 on SIGTERM" || fail "server exits 0 on SIGTERM" "exit $rc" "$(tail -5 "$tmp/serve.log")"
 
 if psql -q "$BASE" -c "DROP DATABASE $DB WITH (FORCE)" >/dev/null 2>&1; then

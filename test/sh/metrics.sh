@@ -6,22 +6,8 @@
 # parameter, and stats_updated arrives on /api/v2/events/stream. Prints
 # PASS:/FAIL: lines; run by test/run.sh.
 set -u
-BIN=${RT_BIN:?RT_BIN not set}
-BASE=${RT_TEST_DATABASE_URL:?RT_TEST_DATABASE_URL not set}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-tmp=$(mktemp -d)
+. "$(dirname "$0")/lib/common.sh"
 db=rt_metrics_sh_$$
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    psql -q "$BASE" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fails=0
-pass() { echo "PASS: $1"; }
-fail() { echo "FAIL: $1"; shift; for l in "$@"; do echo "    $l"; done; fails=$((fails + 1)); }
 
 if ! command -v promtool >/dev/null; then
     fail "promtool is installed (Debian package prometheus; ops/install-deps.sh)"
