@@ -117,7 +117,7 @@ static const opt_t opts[] = {
              "least severe level that is logged"),
     OPT_ENUM("log-format", "RTBRIDGE_LOG_FORMAT", log_format, log_formats, "text",
              "text for people, json lines for containers"),
-    OPT_INT("bus-ring-size", "RTBRIDGE_BUS_RING_SIZE", bus_ring_size, 1024, 16777216, "65536",
+    OPT_INT("bus-ring-size", "RTBRIDGE_BUS_RING_SIZE", bus_ring_size, 16, 16777216, "65536",
             C_POW2, "capacity of each consumer's ring (events)"),
     OPT_DURATION("reconnect-min", "RTBRIDGE_RECONNECT_MIN", reconnect_min_ms, 10 * MS, 60 * SEC,
                  "100ms", "first listener reconnect delay (doubles, with jitter)"),

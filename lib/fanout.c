@@ -456,6 +456,7 @@ void fo_conn_close(conn_t *c)
     if (c->resume) {
         /* The journal read still running will find no connection. */
         c->resume->conn = NULL;
+        atomic_store(&c->resume->gone, 1);
         c->resume = NULL;
     }
     detach_deferred(c);
@@ -633,6 +634,7 @@ int fo_journal_head(int64_t *seq)
 static void resume_work(uv_work_t *w)
 {
     resume_req_t *r = w->data;
+    if (atomic_load(&r->gone)) return; /* resume_done finds no connection */
     r->failed = fo_journal_read(r->after, RESUME_LIMIT + 1, &r->evs, &r->n, &r->pruned_through) < 0;
 }
 

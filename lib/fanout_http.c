@@ -78,7 +78,8 @@ void fo_handle_health(conn_t *c, const char *path, int keep_alive)
     json_object_set_new(j, "refused", refused);
     json_object_set_new(j, "ping_timeouts", json_integer((json_int_t)st.ping_timeouts));
     json_object_set_new(j, "ring_overflows", json_integer((json_int_t)st.ring_overflows));
-    for (int i = 0; i < f->nhealth; i++) f->health[i].fn(f->health[i].arg, j);
+    for (int i = 0; i < f->nhealth; i++)
+        f->health[i].fn(f->health[i].arg, j);
     char *body = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     fo_respond(c, connected ? 200 : 503, body, "Cache-Control: no-store\r\n", keep_alive);
@@ -296,6 +297,7 @@ int rt_fanout_add_handler(rt_fanout_t *f, const char *prefix, rt_handler_fn fn, 
  * resume_req_t, dropped if the connection closes first. */
 typedef struct poll_fetch {
     conn_t *conn;
+    atomic_int gone; /* set with conn = NULL: skip the read if not started */
     uv_work_t work;
     int64_t after;
     size_t limit;
@@ -310,7 +312,10 @@ void fo_poll_free(conn_t *c)
 {
     poll_wait_t *p = c->poll;
     if (!p) return;
-    if (p->fetch) p->fetch->conn = NULL; /* its completion frees it */
+    if (p->fetch) { /* its completion frees it */
+        p->fetch->conn = NULL;
+        atomic_store(&p->fetch->gone, 1);
+    }
     for (size_t i = 0; i < p->n; i++)
         rt_event_unref(p->evs[i]);
     free(p->evs);
@@ -429,11 +434,11 @@ static void poll_start_fetch(conn_t *c, int head)
 static void poll_fetch_work(uv_work_t *w)
 {
     poll_fetch_t *f = w->data;
+    if (atomic_load(&f->gone)) return;
     if (f->head)
         f->failed = fo_journal_head(&f->after) < 0;
     else
-        f->failed =
-            fo_journal_read(f->after, f->limit + 1, &f->evs, &f->n, &f->pruned_through) < 0;
+        f->failed = fo_journal_read(f->after, f->limit + 1, &f->evs, &f->n, &f->pruned_through) < 0;
 }
 
 static void poll_fetch_done(uv_work_t *w, int status)

@@ -60,6 +60,11 @@ typedef enum {
  * connection closes first, conn is cleared and the result is dropped. */
 typedef struct resume_req {
     struct conn *conn;
+    /* Set with conn = NULL: a read not started yet is skipped (after a ring
+     * overflow sends every client away, their abandoned reads would
+     * otherwise queue up on the thread pool and delay everything, shutdown
+     * included). */
+    atomic_int gone;
     uv_work_t work;
     int64_t after;
     rt_event_t **evs;

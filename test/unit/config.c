@@ -122,8 +122,8 @@ static const opt_case_t cases[] = {
      RT_LOG_ERROR},
     {"--log-format", "RTBRIDGE_LOG_FORMAT", K_INT, OFF(log_format), "json", "text", RT_LOG_JSON,
      RT_LOG_TEXT},
-    {"--bus-ring-size", "RTBRIDGE_BUS_RING_SIZE", K_I64, OFF(bus_ring_size), "1024", "16777216",
-     1024, 16777216},
+    {"--bus-ring-size", "RTBRIDGE_BUS_RING_SIZE", K_I64, OFF(bus_ring_size), "16", "16777216",
+     16, 16777216},
     {"--reconnect-min", "RTBRIDGE_RECONNECT_MIN", K_I64, OFF(reconnect_min_ms), "250ms", "2s", 250,
      2000},
     {"--reconnect-max", "RTBRIDGE_RECONNECT_MAX", K_I64, OFF(reconnect_max_ms), "5m", "1500",
@@ -477,7 +477,7 @@ typedef struct {
 } bad_case_t;
 
 #define INV(flag, v) flag ": invalid value '" v "'"
-#define RING_EXPECT "expected a power of two between 1024 and 16777216"
+#define RING_EXPECT "expected a power of two between 16 and 16777216"
 #define DUR "expected a duration between "
 
 static const bad_case_t bad[] = {
@@ -486,7 +486,7 @@ static const bad_case_t bad[] = {
     {{"--bus-ring-size", "1024x"}, {INV("--bus-ring-size", "1024x"), RING_EXPECT}},
     {{"--bus-ring-size", "1024.0"}, {INV("--bus-ring-size", "1024.0")}},
     {{"--bus-ring-size", "99999999999999999999"}, {INV("--bus-ring-size", "99999999999999999999")}},
-    {{"--bus-ring-size", "512"}, {INV("--bus-ring-size", "512"), RING_EXPECT}},
+    {{"--bus-ring-size", "8"}, {INV("--bus-ring-size", "8"), RING_EXPECT}},
     {{"--bus-ring-size", "33554432"}, {INV("--bus-ring-size", "33554432"), RING_EXPECT}},
     {{"--bus-ring-size", "1000"}, {INV("--bus-ring-size", "1000") ": " RING_EXPECT}},
     {{"--bus-ring-size", "1025"}, {INV("--bus-ring-size", "1025")}},
@@ -607,7 +607,7 @@ static void test_exact_messages(void **state)
     char err[256];
     assert_int_equal(PARSE(&cfg, err, "--bus-ring-size", "1000"), -EINVAL);
     assert_string_equal(err, "--bus-ring-size: invalid value '1000': expected a power of two "
-                             "between 1024 and 16777216");
+                             "between 16 and 16777216");
     assert_int_equal(PARSE(&cfg, err, "--foo"), -EINVAL);
     assert_string_equal(err, "unknown flag '--foo'");
     assert_int_equal(PARSE(&cfg, err, "--channels"), -EINVAL);
@@ -617,7 +617,7 @@ static void test_exact_messages(void **state)
     env_set("RTBRIDGE_BUS_RING_SIZE", "x");
     assert_int_equal(PARSE_NONE(&cfg, err), -EINVAL);
     assert_string_equal(err, "RTBRIDGE_BUS_RING_SIZE: invalid value 'x': expected a power of two "
-                             "between 1024 and 16777216");
+                             "between 16 and 16777216");
 }
 
 static void test_every_flag_missing_value(void **state)
