@@ -505,6 +505,7 @@ rt_metrics_t *rt_metrics_new(const rt_metrics_opts_t *opts)
     if (m->pub.opts.reconcile_interval_ms <= 0) m->pub.opts.reconcile_interval_ms = 30000;
     if (m->pub.opts.stats_interval_ms <= 0) m->pub.opts.stats_interval_ms = 10000;
     pthread_mutex_init(&m->pub.snap_mu, NULL);
+    pthread_mutex_init(&m->pub.ov_mu, NULL);
     pthread_mutex_init(&m->qmu, NULL);
     pthread_cond_init(&m->qcv, NULL);
     m->qtail = &m->qhead;
@@ -599,6 +600,8 @@ void rt_metrics_free(rt_metrics_t *m)
     if (m->wakefd >= 0) close(m->wakefd);
     if (m->qwakefd >= 0) close(m->qwakefd);
     pthread_mutex_destroy(&m->pub.snap_mu);
+    pthread_mutex_destroy(&m->pub.ov_mu);
+    free(m->pub.ov_body);
     pthread_mutex_destroy(&m->qmu);
     pthread_cond_destroy(&m->qcv);
     free(m->pend);

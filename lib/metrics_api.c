@@ -224,6 +224,37 @@ char *rt__overview_json(rt_metrics_t *m, const rt_m_snap_t *s)
 }
 
 /* [{"time":ISO,"count":N},...] for counts[0..n) from bucket start b0. */
+#define OVERVIEW_CACHE_MS 50
+
+/* The overview body (malloc'd copy): the cached one while the snapshot is
+ * the same and it is younger than OVERVIEW_CACHE_MS (the live connection
+ * counts and ETL lag in it are then at most that old), else a new one. */
+static char *overview_cached(rt_metrics_t *m)
+{
+    struct rt_metrics_pub *pub = rt__metrics_pub(m);
+    rt_m_snap_t *s = rt__snap_acquire(m);
+    uint64_t now = rt_mono_ns();
+    char *body = NULL;
+    pthread_mutex_lock(&pub->ov_mu);
+    if (pub->ov_body && pub->ov_snap_ns == s->now_ns &&
+        now - pub->ov_mono_ns < OVERVIEW_CACHE_MS * 1000000ull)
+        body = strdup(pub->ov_body);
+    pthread_mutex_unlock(&pub->ov_mu);
+    if (!body) {
+        body = rt__overview_json(m, s);
+        char *copy = strdup(body);
+        pthread_mutex_lock(&pub->ov_mu);
+        free(pub->ov_body);
+        pub->ov_body = copy;
+        pub->ov_snap_ns = s->now_ns;
+        pub->ov_mono_ns = now;
+        pthread_mutex_unlock(&pub->ov_mu);
+    }
+    rt__snap_release(s);
+    if (!body) abort();
+    return body;
+}
+
 static char *timeline_json(int64_t b0, int64_t g, const int64_t *counts, int64_t n)
 {
     char *buf = NULL;
@@ -411,9 +442,7 @@ rt_handle_result_t rt_metrics_handle(void *ctx, const char *path, const char *qu
     if (strncmp(path, DASH, strlen(DASH)) != 0) return RT_HANDLE_NOT_MINE;
     const char *what = path + strlen(DASH);
     if (strcmp(what, "overview") == 0) {
-        rt_m_snap_t *s = rt__snap_acquire(m);
-        reply_json(out, rt__overview_json(m, s));
-        rt__snap_release(s);
+        reply_json(out, overview_cached(m));
         return RT_HANDLE_DONE;
     }
     if (strcmp(what, "timeline") == 0) return timeline(m, query, out, done, done_arg);
