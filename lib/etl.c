@@ -265,11 +265,7 @@ static int stopping(rt_etl_t *e)
 static void on_bus_wake(void *arg)
 {
     rt_etl_t *e = arg;
-    uint64_t one = 1;
-    /* Non-blocking and coalescing: a full counter (never in practice) only
-     * means a wake-up is already pending. */
-    ssize_t w = write(e->wakefd, &one, sizeof one);
-    (void)w;
+    rt_wake(e->wakefd);
 }
 
 static rt_etl_t *etl_alloc(const rt_etl_opts_t *opts)

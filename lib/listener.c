@@ -584,9 +584,7 @@ void rt_listener_stop(rt_listener_t *l)
 {
     if (!l->started) return;
     atomic_store_explicit(&l->stopping, 1, memory_order_release);
-    uint64_t one = 1;
-    ssize_t w = write(l->wakefd, &one, sizeof one);
-    (void)w;
+    rt_wake(l->wakefd);
     pthread_join(l->thread, NULL);
     close(l->wakefd);
     l->wakefd = -1;

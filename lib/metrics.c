@@ -48,9 +48,7 @@ static int stopping(rt_metrics_t *m)
 static void on_bus_wake(void *arg)
 {
     rt_metrics_t *m = arg;
-    uint64_t one = 1;
-    ssize_t w = write(m->wakefd, &one, sizeof one);
-    (void)w;
+    rt_wake(m->wakefd);
 }
 
 struct rt_metrics_pub *rt__metrics_pub(rt_metrics_t *m)
@@ -569,9 +567,7 @@ void rt_metrics_stop(rt_metrics_t *m)
     }
     pthread_mutex_unlock(&m->qmu);
     atomic_store(&m->qstop_flag, 1);
-    uint64_t one = 1;
-    ssize_t w = write(m->qwakefd, &one, sizeof one); /* a connect or query in flight */
-    (void)w;
+    rt_wake(m->qwakefd); /* a connect or query in flight */
     if (joined) pthread_join(m->qthread, NULL);
     m->qstarted = 0;
     /* Whatever is still queued is answered, as the fan-out requires. */

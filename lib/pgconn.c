@@ -29,6 +29,13 @@ char *rt_pg_oneline(char *s)
     return s;
 }
 
+void rt_wake(int wakefd)
+{
+    uint64_t one = 1;
+    ssize_t w = write(wakefd, &one, sizeof one);
+    (void)w;
+}
+
 void rt_sleep_or_stop(int wakefd, const atomic_int *stopping, int64_t ms)
 {
     struct pollfd pfd = {.fd = wakefd, .events = POLLIN};

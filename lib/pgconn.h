@@ -1,5 +1,5 @@
 /*
- * What the database worker threads (listener, ETL) share: connecting to
+ * What the database worker threads (listener, ETL, metrics) share: connecting to
  * PostgreSQL while staying stoppable, waiting out a backoff while staying
  * stoppable, and putting libpq's multi-line messages on one log line.
  *
@@ -26,6 +26,10 @@
  * gave up because of *stopping). */
 PGconn *rt_pg_connect(const char *conninfo, const char *application_name, int wakefd,
                       const atomic_int *stopping, int timeout_ms, char *err, size_t errlen);
+
+/* Writes one wake-up to an eventfd (stop, or work to do). Never blocks:
+ * eventfds coalesce, and a full counter only means one is already pending. */
+void rt_wake(int wakefd);
 
 /* Sleeps ms milliseconds, or less if *stopping becomes non-zero (noticed when
  * wakefd becomes readable). */
