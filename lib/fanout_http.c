@@ -333,13 +333,23 @@ static void poll_bad(conn_t *c, const char *param, const char *msg)
     free(body);
 }
 
+/* Ends a waiting poll with this answer: the connection is in C_HTTP again
+ * (keep-alive, input kept meanwhile parsed now) or closing. */
+static void poll_reply(conn_t *c, int status, const char *body, const char *extra)
+{
+    int keep_alive = c->poll->keep_alive && !c->loop->stopping;
+    fo_poll_free(c);
+    c->state = C_HTTP;
+    fo_respond(c, status, body, extra, keep_alive);
+    if (keep_alive) wait_end(c);
+}
+
 /* Answers a poll: evs[0..n) (those matching), the cursor to continue from,
  * and the resync marker when the client must reload its state. Leaves the
  * connection in C_HTTP (keep-alive) or closing. */
 static void poll_answer(conn_t *c, rt_event_t *const *evs, size_t n, int64_t last_id,
                         const char *resync)
 {
-    poll_wait_t *p = c->poll;
     size_t cap = 64;
     for (size_t i = 0; i < n; i++)
         cap += evs[i]->msg_len + 1;
@@ -355,12 +365,8 @@ static void poll_answer(conn_t *c, rt_event_t *const *evs, size_t n, int64_t las
     if (resync) len += (size_t)sprintf(body + len, ",\"resync\":true,\"reason\":\"%s\"", resync);
     body[len++] = '}';
     body[len] = '\0';
-    int keep_alive = p->keep_alive && !c->loop->stopping;
-    fo_poll_free(c);
-    c->state = C_HTTP;
-    fo_respond(c, 200, body, "Cache-Control: no-store\r\n", keep_alive);
+    poll_reply(c, 200, body, "Cache-Control: no-store\r\n");
     free(body);
-    if (keep_alive) wait_end(c);
 }
 
 /* Waits on the loop for live events, until the deadline. */
@@ -405,12 +411,8 @@ static void poll_fetch_done(uv_work_t *w, int status);
  * cursor is still good); the client retries later. */
 static void poll_unavailable(conn_t *c)
 {
-    int keep_alive = c->poll->keep_alive && !c->loop->stopping;
-    fo_poll_free(c);
-    c->state = C_HTTP;
-    fo_respond(c, 503, "{\"error\":\"journal unavailable, retry later\",\"status\":503}",
-               "Cache-Control: no-store\r\nRetry-After: 1\r\n", keep_alive);
-    if (keep_alive) wait_end(c);
+    poll_reply(c, 503, "{\"error\":\"journal unavailable, retry later\",\"status\":503}",
+               "Cache-Control: no-store\r\nRetry-After: 1\r\n");
 }
 
 static void poll_start_fetch(conn_t *c, int head)
@@ -532,11 +534,7 @@ int fo_start_poll(conn_t *c, const char *rest, size_t rest_len, int keep_alive)
     char val[64];
     int64_t after = -1, limit = POLL_DEFAULT_LIMIT, wait_s = 0;
     int n = rt_http_query_get(q, qlen, "after", 0, val, sizeof val);
-    if (n >= 0 && fo_parse_last_id(val, &after) <= 0) {
-        poll_bad(c, "after", "after must be a non-negative integer (an event id)");
-        return 0;
-    }
-    if (n == -2) {
+    if (n != -1 && (n < 0 || fo_parse_last_id(val, &after) <= 0)) {
         poll_bad(c, "after", "after must be a non-negative integer (an event id)");
         return 0;
     }
